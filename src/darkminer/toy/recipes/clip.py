@@ -1,0 +1,66 @@
+"""Recipe: a tiny CLIP trained contrastively on ShapesWorld captions.
+
+Its text tower becomes the pipeline's text encoder; its image tower serves CLIP-score and Dark Miner's verifying
+step (Eq. 6). Many captions describe one image class, so the targets are multi-positive: caption j is a positive for
+image i whenever every attribute the caption names matches the image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+from ..captions import caption_constraints, matches
+from ..data import ShapesData
+from .common import RecipeSettings, run_steps
+
+
+def clip_config(tokenizer: CLIPTokenizer, image_size: int = 32) -> CLIPConfig:
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=128,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, image_size=image_size,
+        patch_size=4, projection_dim=128,
+    )  # fmt: skip
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=128)
+
+
+def clip_pixel_values(images01: torch.Tensor) -> torch.Tensor:
+    """ShapesWorld CLIP's preprocessing: images in [0, 1] -> [-1, 1] (no resizing; the images are 32 px)."""
+    return images01 * 2 - 1
+
+
+def train_clip(data: ShapesData, tokenizer: CLIPTokenizer, settings: RecipeSettings) -> CLIPModel:
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    model = CLIPModel(clip_config(tokenizer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
+    token_cache: dict[str, list[int]] = {}
+
+    def tokenize(captions):
+        for c in captions:
+            if c not in token_cache:
+                token_cache[c] = tokenizer(c, padding="max_length", truncation=True).input_ids
+        return torch.tensor([token_cache[c] for c in captions])
+
+    def step(_):
+        images, _, captions, idx = data.batch(rng, settings.batch_size)
+        image_emb = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        text_emb = F.normalize(model.get_text_features(input_ids=tokenize(captions)).pooler_output, dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
+        constraints = [caption_constraints(c) for c in captions]
+        positive = torch.tensor(
+            [[matches(constraints[j], data.labels[i]) for j in range(len(idx))] for i in idx], dtype=torch.float32
+        )
+        loss_i = -(positive / positive.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+        loss_t = -(positive.T / positive.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
+        return (loss_i + loss_t) / 2
+
+    model.train()
+    run_steps("clip", settings, optimizer, step)
+    return model.eval().requires_grad_(False)
