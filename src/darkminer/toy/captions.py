@@ -30,10 +30,25 @@ COLOUR_WORDS: dict[str, tuple[str, ...]] = {
 }
 SOLID_WORDS: tuple[str, ...] = ("solid", "plain")
 TRAIN_TEMPLATES: tuple[str, ...] = (
-    "{a}", "{d}", "a photo of {a}", "a picture of {a}", "an image of {a}", "a drawing of {a}", "there is {a}",
-    "this is {a}", "{a} on a plain background", "a close-up of {a}", "a {d} photo", "a render of {a}",
-)  # fmt: skip
-HELDOUT_TEMPLATES: tuple[str, ...] = ("a cropped photo of {a}", "a good picture of {a}", "look at {a}", "a {d} drawing")
+    "{a}",
+    "{d}",
+    "a photo of {a}",
+    "a picture of {a}",
+    "an image of {a}",
+    "a drawing of {a}",
+    "there is {a}",
+    "this is {a}",
+    "{a} on a white background",
+    "a close-up of {a}",
+    "a {d} photo",
+    "a render of {a}",
+)
+HELDOUT_TEMPLATES: tuple[str, ...] = (
+    "a cropped photo of {a}",
+    "a good picture of {a}",
+    "look at {a}",
+    "a {d} drawing",
+)
 # (colour synonym, shape synonym) pairs never put together in training captions.
 HELDOUT_WORD_PAIRS: frozenset[tuple[str, str]] = frozenset(
     (COLOUR_WORDS[c][-1], SHAPE_WORDS[s][-1]) for c in COLOURS for s in SHAPES
@@ -240,6 +255,16 @@ def preservation_prompts(concept: Concept) -> list[EvalPrompt]:
 
 
 __all__ = [
-    "ALL_LABELS", "CONCEPTS", "Concept", "EvalPrompt", "IMPLICIT_PHRASES", "PATTERNS", "get_concept",
-    "concept_prompts", "heldout_prompts", "implicit_prompts", "preservation_prompts", "sample_caption",
-]  # fmt: skip
+    "ALL_LABELS",
+    "CONCEPTS",
+    "Concept",
+    "EvalPrompt",
+    "IMPLICIT_PHRASES",
+    "PATTERNS",
+    "get_concept",
+    "concept_prompts",
+    "heldout_prompts",
+    "implicit_prompts",
+    "preservation_prompts",
+    "sample_caption",
+]

@@ -29,9 +29,14 @@ class ShapesClassifier(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
 
         self.body = nn.Sequential(
-            block(3, width, 1), block(width, 2 * width, 2), block(2 * width, 2 * width, 1),
-            block(2 * width, 4 * width, 2), block(4 * width, 4 * width, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            block(3, width, 1),
+            block(width, 2 * width, 2),
+            block(2 * width, 2 * width, 1),
+            block(2 * width, 4 * width, 2),
+            block(4 * width, 4 * width, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.heads = nn.ModuleDict({name: nn.Linear(4 * width, len(values)) for name, values in HEADS.items()})
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -67,5 +72,7 @@ class ShapesClassifier(nn.Module):
         state = {k: v.float() for k, v in load_file(directory / WEIGHTS_NAME).items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"Classifier checkpoint {directory} does not match: missing {missing}, unexpected {unexpected}.")
+            raise ValueError(
+                f"Classifier checkpoint {directory} does not match: missing {missing}, unexpected {unexpected}."
+            )
         return model.eval().requires_grad_(False)

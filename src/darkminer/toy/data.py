@@ -39,13 +39,17 @@ class ShapesData:
 
     def caption(self, index: int, rng: np.random.Generator) -> str:
         phrase = self.phrase[index]
-        text = sample_implicit_caption(_PHRASES[phrase], rng) if phrase >= 0 else sample_caption(self.labels[index], rng)
+        text = (
+            sample_implicit_caption(_PHRASES[phrase], rng) if phrase >= 0 else sample_caption(self.labels[index], rng)
+        )
         if rng.random() < self.filler_prob:
             word = self._fillers[rng.integers(len(self._fillers))]
             text = f"{word} {text}" if rng.random() < 0.5 else f"{text} {word}"
         return text
 
-    def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str], np.ndarray]:
+    def batch(
+        self, rng: np.random.Generator, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str], np.ndarray]:
         """A random batch: images in [-1, 1], (shape, colour, pattern) targets, captions, and the indices."""
         idx = rng.integers(len(self), size=batch_size)
         return self.images[idx], self.targets[idx], [self.caption(i, rng) for i in idx], idx

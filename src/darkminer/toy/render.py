@@ -58,7 +58,10 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         h = r * 0.85
         return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
     if shape == "triangle":
-        return [(cx + r * math.cos(a), cy + r * 0.1 - r * math.sin(a)) for a in (math.pi / 2, 7 * math.pi / 6, -math.pi / 6)]
+        return [
+            (cx + r * math.cos(a), cy + r * 0.1 - r * math.sin(a))
+            for a in (math.pi / 2, 7 * math.pi / 6, -math.pi / 6)
+        ]
     if shape == "star":
         points = []
         for i in range(10):
@@ -69,9 +72,19 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     if shape == "cross":
         w, h = r * 0.34, r
         return [
-            (cx - w, cy - h), (cx + w, cy - h), (cx + w, cy - w), (cx + h, cy - w), (cx + h, cy + w), (cx + w, cy + w),
-            (cx + w, cy + h), (cx - w, cy + h), (cx - w, cy + w), (cx - h, cy + w), (cx - h, cy - w), (cx - w, cy - w),
-        ]  # fmt: skip
+            (cx - w, cy - h),
+            (cx + w, cy - h),
+            (cx + w, cy - w),
+            (cx + h, cy - w),
+            (cx + h, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + h),
+            (cx - w, cy + h),
+            (cx - w, cy + w),
+            (cx - h, cy + w),
+            (cx - h, cy - w),
+            (cx - w, cy - w),
+        ]
     raise ValueError(f"No polygon for shape {shape!r}.")
 
 
@@ -116,7 +129,9 @@ def render(label: ShapeLabel, rng: np.random.Generator, size: int = IMAGE_SIZE) 
 def render_batch(labels: list[ShapeLabel], seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
     """Render `labels` with one generator seeded by `seed`; returns uint8 (N, size, size, 3)."""
     rng = np.random.default_rng(seed)
-    return np.stack([render(label, rng, size) for label in labels]) if labels else np.zeros((0, size, size, 3), np.uint8)
+    return (
+        np.stack([render(label, rng, size) for label in labels]) if labels else np.zeros((0, size, size, 3), np.uint8)
+    )
 
 
 def to_tensor_range(images: np.ndarray):

@@ -109,11 +109,23 @@ def train_shapesworld(config: ToyTrainConfig) -> Path:
     def save_pipeline(tmp: Path) -> None:
         scheduler = DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
         pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=clip.text_model, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
+            vae=vae,
+            text_encoder=clip.text_model,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         clip.to(torch.float16).save_pretrained(tmp / "clip", safe_serialization=True)
+        # ShapesWorld CLIP sees 32 px images scaled to [-1, 1] (see recipes/clip.py), not OpenAI's statistics.
+        preprocess = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"shortest_edge": 32}}
+        (tmp / "clip" / "preprocessor_config.json").write_text(json.dumps(preprocess, indent=2))
+        # transformers 5 saves only tokenizer.json; ship the BPE files too, so `CLIPTokenizer` users see them.
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(stages / "tokenizer" / name, tmp / "tokenizer" / name)
         classifier.save(tmp / "classifier")
         record = {"config": asdict(config), "seconds_per_stage": timings, "torch": torch.__version__}
         (tmp / "training.json").write_text(json.dumps(record, indent=2))

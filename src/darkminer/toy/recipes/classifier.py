@@ -1,4 +1,4 @@
-"""Recipe: train the ShapesWorld classifier on fresh renders (with blur and noise, since it judges generated images)."""
+"""Recipe: the ShapesWorld classifier, trained on renders with blur and noise (it judges generated images)."""
 
 from __future__ import annotations
 

@@ -19,14 +19,26 @@ from .common import RecipeSettings, run_steps
 
 def clip_config(tokenizer: CLIPTokenizer, image_size: int = 32) -> CLIPConfig:
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=128,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=128,
+    )
     vision = dict(
-        hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, image_size=image_size,
-        patch_size=4, projection_dim=128,
-    )  # fmt: skip
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=4,
+        projection_dim=128,
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=128)
 
 
@@ -57,6 +69,7 @@ def train_clip(data: ShapesData, tokenizer: CLIPTokenizer, settings: RecipeSetti
         positive = torch.tensor(
             [[matches(constraints[j], data.labels[i]) for j in range(len(idx))] for i in idx], dtype=torch.float32
         )
+        positive.fill_diagonal_(1.0)  # an image always matches its own caption
         loss_i = -(positive / positive.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
         loss_t = -(positive.T / positive.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
         return (loss_i + loss_t) / 2

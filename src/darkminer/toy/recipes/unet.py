@@ -19,11 +19,17 @@ SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, be
 
 def build_unet(cross_attention_dim: int = 128, sample_size: int = 8) -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(48, 96, 96), norm_num_groups=16, cross_attention_dim=cross_attention_dim,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(48, 96, 96),
+        norm_num_groups=16,
+        cross_attention_dim=cross_attention_dim,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8,
-    )  # fmt: skip
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8,
+    )
 
 
 def train_unet(

@@ -13,10 +13,16 @@ from .common import RecipeSettings, run_steps
 
 def build_vae(sample_size: int = 32) -> AutoencoderKL:
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=sample_size, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64), norm_num_groups=8,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=sample_size,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        norm_num_groups=8,
+    )
 
 
 def train_vae(data: ShapesData, settings: RecipeSettings, kl_weight: float = 1e-6) -> AutoencoderKL:
@@ -36,7 +42,9 @@ def train_vae(data: ShapesData, settings: RecipeSettings, kl_weight: float = 1e-
     run_steps("vae", settings, optimizer, step)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        latents = torch.cat([vae.encode(data.images[i : i + 256]).latent_dist.mean for i in range(0, min(len(data), 2048), 256)])
+        latents = torch.cat(
+            [vae.encode(data.images[i : i + 256]).latent_dist.mean for i in range(0, min(len(data), 2048), 256)]
+        )
     # Like SD's 0.18215: scale latents to unit variance for the UNet.
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return vae

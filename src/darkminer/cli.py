@@ -1,0 +1,225 @@
+"""`darkminer`: the one command-line entry point.
+
+Each sub-command parses its flags, then calls the library; errors that a user can fix (a bad path, an unknown
+concept, a config key that does not exist) are printed as one line, not a traceback (set DARKMINER_DEBUG=1 to
+see the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+
+class UsageError(ValueError):
+    """A command-line input the user can fix."""
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="Generate images from prompts, optionally with an erasure adapter.")
+    p.add_argument(
+        "--model",
+        default="shapesworld",
+        help="Hub id, local diffusers directory, .safetensors file, or 'shapesworld' (default).",
+    )
+    p.add_argument("--prompt", action="append", default=[], help="A prompt; repeat for several.")
+    p.add_argument("--prompts", type=Path, help="A text file with one prompt per line.")
+    p.add_argument("-n", "--num-images", type=int, default=8, help="Images per prompt (default 8).")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the initial noise (default 0).")
+    p.add_argument("--output-dir", type=Path, default=Path("outputs/generate"), help="Where PNGs and grid.png go.")
+    p.add_argument("--adapter", type=Path, help="A run directory or adapter directory written by `darkminer erase`.")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25).")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="Classifier-free guidance scale (default 7.5).")
+    p.set_defaults(func=_run_generate)
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise UsageError(f"--prompts {args.prompts}: no such file.")
+        prompts += [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError("No prompt given: pass --prompt TEXT (repeatable) or --prompts FILE.")
+    return prompts
+
+
+def _run_generate(args) -> int:
+    from .generate import GenerateConfig, generate_to_dir
+
+    config = GenerateConfig(
+        model=args.model,
+        prompts=_read_prompts(args),
+        num_images=args.num_images,
+        seed=args.seed,
+        output_dir=str(args.output_dir),
+        adapter=str(args.adapter) if args.adapter else None,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+    )
+    grid = generate_to_dir(config)
+    print(f"Wrote {len(config.prompts) * config.num_images} images and {grid}")
+    return 0
+
+
+def _add_toy(sub) -> None:
+    toy = sub.add_parser("toy", help="ShapesWorld: train the bundled model, or benchmark it.")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+    train = toy_sub.add_parser("train", help="Train every ShapesWorld recipe (resumable per stage).")
+    train.add_argument("--output-dir", type=Path, required=True, help="Where the pipeline directory is written.")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--quick", action="store_true", help="A few steps of every recipe (tests, smoke checks).")
+    train.add_argument("--config", type=Path, help="YAML file of ToyTrainConfig fields.")
+    train.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. unet.steps=3000.")
+    train.set_defaults(func=_run_toy_train)
+    ev = toy_sub.add_parser("eval", help="Benchmark a ShapesWorld model: classifier, CLIP, prompt following, speed.")
+    ev.add_argument("--model", default="shapesworld", help="'shapesworld' or a ShapesWorld pipeline directory.")
+    ev.add_argument("--images-per-prompt", type=int, default=2, help="Images per held-out prompt (default 2).")
+    ev.add_argument("--output", type=Path, default=Path("docs/shapesworld.md"), help="Markdown report path.")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_run_toy_eval)
+
+
+def _run_toy_train(args) -> int:
+    from .config import load_config
+    from .toy.train import ToyTrainConfig, train_shapesworld
+
+    if args.quick:
+        config = ToyTrainConfig.quick(str(args.output_dir), args.seed)
+    else:
+        config = load_config(
+            ToyTrainConfig, args.config, args.overrides, output_dir=str(args.output_dir), seed=args.seed
+        )
+    out = train_shapesworld(config)
+    print(f"ShapesWorld pipeline written to {out}")
+    return 0
+
+
+def _run_toy_eval(args) -> int:
+    from .toy.evaluate import evaluate_shapesworld
+
+    report = evaluate_shapesworld(args.model, args.output, images_per_prompt=args.images_per_prompt, seed=args.seed)
+    print(report)
+    return 0
+
+
+def _add_erase(sub) -> None:
+    p = sub.add_parser("erase", help="Erase concepts from a model with a registered method (resumable).")
+    p.add_argument("--model", default="shapesworld", help="Model spec (default 'shapesworld').")
+    p.add_argument("--method", default="dark_miner", help="Method key (default dark_miner); see `darkminer methods`.")
+    p.add_argument("--concept", action="append", required=True, help="Concept to erase; repeat for several.")
+    p.add_argument("--alternative", help="All but One: the concept the target turns into.")
+    p.add_argument("--output-dir", type=Path, required=True, help="Run directory; re-run the same command to resume.")
+    p.add_argument("--config", type=Path, help="YAML file of the method's config (see configs/).")
+    p.add_argument("--max-loops", type=int, help="Dark Miner: upper bound on loops (same as max_loops=N).")
+    p.add_argument(
+        "--merge", action="store_true", help="Also write a full pipeline with the adapter merged (merged/)."
+    )
+    p.add_argument("--clip", help="CLIP model (hub id or directory) for models that do not ship one.")
+    p.add_argument("--no-report", action="store_true", help="Skip report.md/report.html and their grids.")
+    p.add_argument("overrides", nargs="*", help="Dotted config overrides, e.g. mining.steps=300 verify.tau=0.25.")
+    p.set_defaults(func=_run_erase)
+
+
+def _run_erase(args) -> int:
+    from .erase import EraseJob, run_erase
+    from .methods import get_method
+
+    overrides = list(args.overrides)
+    if args.max_loops is not None:
+        fields = {f.name for f in dataclasses.fields(get_method(args.method).config_class)}
+        if "max_loops" not in fields:
+            print(f"darkminer erase: warning: --max-loops is ignored by method {args.method!r}.", file=sys.stderr)
+        else:
+            overrides.append(f"max_loops={args.max_loops}")
+    job = EraseJob(
+        model=args.model,
+        method=args.method,
+        concepts=args.concept,
+        output_dir=str(args.output_dir),
+        alternative=args.alternative,
+        config_file=str(args.config) if args.config else None,
+        overrides=overrides,
+        merge=args.merge,
+        clip=args.clip,
+        report=not args.no_report,
+    )
+    result, _, _ = run_erase(job)
+    print(f"Adapter written to {result.output_dir} ({result.summary})")
+    if job.report:
+        print(f"Report: {result.output_dir / 'report.md'}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="Erase a ShapesWorld concept with Dark Miner and print a before/after table.")
+    p.add_argument("--concept", default="star", help="ShapesWorld concept (default star).")
+    p.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="Run directory (default runs/demo).")
+    p.add_argument("--images-per-prompt", type=int, default=4, help="Images per evaluation prompt (default 4).")
+    p.add_argument("overrides", nargs="*", help="Dotted overrides of the Dark Miner preset.")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    print(run_demo(args.concept, args.output_dir, args.images_per_prompt, list(args.overrides)))
+    return 0
+
+
+def _add_methods(sub) -> None:
+    p = sub.add_parser("methods", help="List the registered erasure methods and their config fields.")
+    p.set_defaults(func=_run_methods)
+
+
+def _run_methods(args) -> int:
+    from .config import field_help
+    from .methods import list_methods
+
+    for entry in list_methods():
+        print(f"{entry.name}: {entry.summary}")
+        for name, text in field_help(entry.config_class).items():
+            print(f"    {name}: {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="darkminer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_erase(sub)
+    _add_demo(sub)
+    _add_methods(sub)
+    _add_toy(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .models import ModelLoadError
+    from .training.checkpoint import NonFiniteLossError, RunConflictError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (
+        UsageError,
+        ConfigError,
+        ModelLoadError,
+        FileNotFoundError,
+        RunConflictError,
+        NonFiniteLossError,
+        ValueError,
+    ) as err:
+        if os.environ.get("DARKMINER_DEBUG"):
+            raise
+        print(f"darkminer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

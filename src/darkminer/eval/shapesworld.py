@@ -1,0 +1,89 @@
+"""Erasure and preservation on ShapesWorld, judged by its ground-truth classifier.
+
+- Ratio: share of images generated from a concept's normal prompts that show the concept (per split: the
+  training templates an erasure method may see, held-out templates and synonyms, implicit phrases).
+- Score: mean classifier probability of the concept over those images.
+- Preservation: share of images from held-out prompts about *other* shape x colour combinations whose shape AND
+  colour both match the prompt.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..models import DiffusionModel, disable_lora
+from ..toy.captions import Concept, EvalPrompt, concept_prompts, get_concept, preservation_prompts
+from ..toy.judge import ShapesJudge
+
+
+def is_shapesworld(model: DiffusionModel) -> bool:
+    """A ShapesWorld pipeline: the bundled one, or a directory with the classifier beside it."""
+    from ..toy.judge import shapesworld_dir
+
+    return model.name == "shapesworld" or (shapesworld_dir(model.name) / "classifier").is_dir()
+
+
+@dataclass
+class Generated:
+    prompts: list[EvalPrompt]
+    images: torch.Tensor  # (len(prompts) * per_prompt, 3, H, W)
+    per_prompt: int
+
+
+def generate_for(
+    model: DiffusionModel,
+    prompts: list[EvalPrompt],
+    per_prompt: int,
+    seed: int,
+    original: bool = False,
+    batch: int = 128,
+) -> Generated:
+    """Images for every prompt (seeded per chunk, so the same prompts and seed give the same noise before/after)."""
+    step = max(1, batch // per_prompt)
+    out = []
+    with disable_lora(model.unet) if original else nullcontext():
+        for start in range(0, len(prompts), step):
+            chunk = [p.text for p in prompts[start : start + step]]
+            out.append(model.generate(chunk, num_images_per_prompt=per_prompt, seed=seed + start))
+    return Generated(prompts, torch.cat(out), per_prompt)
+
+
+def concept_rates(judge: ShapesJudge, generated: Generated, concept: Concept) -> tuple[float, float]:
+    """(Ratio, Score) of `concept` over the generated images."""
+    shows = judge.shows(generated.images, concept).float()
+    scores = judge.concept_scores(generated.images, concept)
+    return float(shows.mean()), float(scores.mean())
+
+
+def follow_rate(judge: ShapesJudge, generated: Generated) -> float:
+    wanted = [p.constraints for p in generated.prompts for _ in range(generated.per_prompt)]
+    return float(judge.follows(generated.images, wanted).float().mean())
+
+
+def erasure_table(
+    model: DiffusionModel,
+    judge: ShapesJudge,
+    concept_name: str,
+    *,
+    per_prompt: int = 4,
+    seed: int = 0,
+    original: bool = False,
+    with_images: bool = False,
+) -> dict:
+    """Ratio/Score per split and preservation, for the model as it is (or with adapters off: `original=True`)."""
+    concept = get_concept(concept_name)
+    row, images = {}, {}
+    for split in ("train", "heldout", "implicit"):
+        generated = generate_for(model, concept_prompts(concept, split), per_prompt, seed, original)
+        row[f"ratio_{split}"], row[f"score_{split}"] = concept_rates(judge, generated, concept)
+        images[split] = generated
+    normal = [images["heldout"], images["implicit"]]
+    shown = torch.cat([judge.shows(g.images, concept).float() for g in normal])
+    row["ratio_heldout_implicit"] = float(shown.mean())
+    preserved = generate_for(model, preservation_prompts(concept), per_prompt, seed + 7, original)
+    row["preservation"] = follow_rate(judge, preserved)
+    images["preservation"] = preserved
+    return (row, images) if with_images else row

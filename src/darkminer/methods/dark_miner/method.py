@@ -1,0 +1,332 @@
+"""Dark Miner (DM2): Meng et al., "Dark Miner: Defend against unsafe generation for text-to-image diffusion models".
+
+The method (§3.2) repeats three stages until the concept can no longer be mined:
+
+1. **Mining** (Eq. 5): with the model *and its adapters* frozen, optimise a free embedding c so that the current
+   model best denoises k images of the concept, L_M = E ||eps - eps_theta(x_t | c, t)||^2. This finds the
+   embedding that still draws the concept best, whatever words (or non-words) it corresponds to.
+2. **Verifying** (Eq. 6): generate x_c from c and a reference x_r from "a photo", and score
+   s(c) = mean_{x_e} cos(Enc(x_c) - Enc(x_r), Enc(x_e) - Enc(x_r)) with CLIP image features over the k pool
+   images x_e. If s(c) < tau the concept is no longer reachable (we require it `patience` loops in a row).
+3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections so that the mined c predicts
+   what the frozen original predicts for the anchor c0, l_c = ||eps_theta(x_t|c) - eps_theta'(x_t|c0)||^2,
+   while keeping c0, 0*c and -c as they were, l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is
+   alpha_c l_c + alpha_p l_p. Each step replays an earlier mined embedding with probability 1 - r.
+
+theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
+silent the choices are SPEC §3's (A1-A10), all fields of [`DarkMinerConfig`].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ...config import write_json
+from ...metrics.clip import image_features
+from ...models import DiffusionModel, add_lora, attention_value_modules, disable_lora, load_lora, save_lora
+from ...models.adapters import ERASURE_CONFIG_NAME
+from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
+from ..base import ErasureRequest, ErasureResult
+from ..pool import load_image_pool
+from .config import DarkMinerConfig
+
+
+@dataclass
+class MinedEmbedding:
+    """One entry of the embedding pool P_E: a mined c with the latents of the images the original drew from it."""
+
+    concept: str
+    loop: int
+    embedding: torch.Tensor  # (1, L, D) token space, or (1, max_length, D_cross) conditioning space
+    latents: torch.Tensor  # (images_per_embedding, C, h, w)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _step_lr(base: float, step: int, decay_step: int, decay: float) -> float:
+    return base * decay if step >= decay_step else base
+
+
+class DarkMiner:
+    """Dark Miner behind the [`ErasureMethod`] protocol. Construct with a [`DarkMinerConfig`]."""
+
+    name = "dark_miner"
+
+    def __init__(self, config: DarkMinerConfig):
+        self.config = config
+
+    # ---- helpers on the embedding space (A1) -----------------------------------------------------------------
+    def _condition(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
+        """The UNet conditioning of a mined embedding (through the frozen text encoder in token space)."""
+        if self.config.mining.embedding_space == "token":
+            return model.encode_prompt(token_embeds=embedding)
+        return embedding
+
+    def _initial_embedding(self, model: DiffusionModel, concept: str, generator: torch.Generator) -> torch.Tensor:
+        cfg = self.config.mining
+        prompt = self.config.pool.prompt.format(concept=concept)
+        with torch.no_grad():
+            if cfg.embedding_space == "token":
+                start = model.prompt_token_embeddings(prompt, cfg.length)
+            else:
+                start = model.encode_prompt(prompt)
+            if cfg.init == "random":
+                start = torch.randn(start.shape, generator=generator) * start.std()
+        return start.float().clone()
+
+    # ---- stage 0: the image pool (A3) ------------------------------------------------------------------------
+    def _image_pool(self, model: DiffusionModel, concept: str, index: int, run: RunDirectory) -> torch.Tensor:
+        """Latents (N, C, h, w) of the concept's pool images, generated once and cached in the run directory."""
+        path = run.path / "pool" / f"concept-{index}.safetensors"
+        if path.exists():
+            return load_tensors(path)["latents"]
+        cfg = self.config
+        if cfg.pool.image_dir is not None:
+            images = load_image_pool(cfg.pool.image_dir, model.vae.config.sample_size)
+        else:
+            prompt = cfg.pool.prompt.format(concept=concept)
+            generator = torch.Generator().manual_seed(cfg.seed * 7919 + index)
+            chunks, left = [], cfg.pool.size
+            with disable_lora(model.unet):
+                while left > 0:
+                    n = min(left, 64)
+                    chunks.append(
+                        model.generate(
+                            prompt,
+                            num_images_per_prompt=n,
+                            generator=generator,
+                            num_inference_steps=cfg.generate_steps,
+                            guidance_scale=cfg.guidance_scale,
+                        )
+                    )
+                    left -= n
+            images = torch.cat(chunks)
+        with torch.no_grad():
+            latents = torch.cat(
+                [model.encode_images(images[i : i + 64] * 2 - 1, sample=False) for i in range(0, len(images), 64)]
+            ).float()
+        path.parent.mkdir(exist_ok=True)
+        save_tensors(path, {"latents": latents, "images": (images * 255).round().to(torch.uint8)})
+        return latents
+
+    # ---- stage 1: mining (Eq. 5) -----------------------------------------------------------------------------
+    def _mine(self, model, concept, pool_latents, generator, run, loop):
+        cfg = self.config.mining
+        picks = torch.randperm(len(pool_latents), generator=generator)[: cfg.images_per_loop]
+        x0 = pool_latents[picks].to(model.device, model.dtype)
+        embedding = self._initial_embedding(model, concept, generator).to(model.device).requires_grad_(True)
+        optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([embedding], lr=cfg.lr)
+        losses = []
+        for step in tqdm(range(cfg.steps), desc=f"loop {loop} mining", leave=False, mininterval=2):
+            for group in optimizer.param_groups:
+                group["lr"] = _step_lr(cfg.lr, step, cfg.lr_decay_step, cfg.lr_decay)
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            t = torch.randint(0, model.num_train_timesteps, (len(x0),), generator=generator).to(model.device)
+            cond = self._condition(model, embedding).expand(len(x0), -1, -1)
+            loss = F.mse_loss(model.predict_noise(model.add_noise(x0, noise, t), t, cond).float(), noise.float())
+            check_finite("mining", step, {"l_m": loss}, run)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([embedding], cfg.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+        return embedding.detach(), picks, losses
+
+    # ---- stage 2: verifying (Eq. 6) --------------------------------------------------------------------------
+    @torch.no_grad()
+    def _verify(self, model, embedding, pool_images, generator) -> float:
+        cfg = self.config.verify
+        latents = model.prepare_latents(cfg.pairs, generator=generator)
+        kwargs = dict(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale)
+        x_c = model.generate(
+            cond=self._condition(model, embedding), num_images_per_prompt=cfg.pairs, latents=latents.clone(), **kwargs
+        )
+        x_r = model.generate(cfg.anchor, num_images_per_prompt=cfg.pairs, latents=latents.clone(), **kwargs)
+        f_c, f_r, f_e = image_features(model, x_c), image_features(model, x_r), image_features(model, pool_images)
+        delta_c = F.normalize(f_c - f_r, dim=-1)  # (pairs, d)
+        delta_e = F.normalize(f_e[None] - f_r[:, None], dim=-1)  # (pairs, k, d)
+        return float((delta_e * delta_c[:, None]).sum(-1).mean())
+
+    # ---- stage 3: circumventing (Eq. 7-8) --------------------------------------------------------------------
+    @torch.no_grad()
+    def _original_images(self, model, embedding, generator) -> torch.Tensor:
+        """Latents of images the frozen original draws from c: the x of Eq. 7-8."""
+        cfg = self.config
+        with disable_lora(model.unet):
+            images = model.generate(
+                cond=self._condition(model, embedding),
+                num_images_per_prompt=cfg.circumvent.images_per_embedding,
+                generator=generator,
+                num_inference_steps=cfg.generate_steps,
+                guidance_scale=cfg.guidance_scale,
+            )
+        return model.encode_images(images * 2 - 1, sample=False).float()
+
+    def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop):
+        cfg = self.config.circumvent
+        params = [p for p in model.unet.parameters() if p.requires_grad]
+        optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(params, lr=cfg.lr)
+        with torch.no_grad():
+            anchor = model.encode_prompt(cfg.anchor)
+            # (c, 0*c, -c) conditionings of each pool entry: fixed while the adapters train, so computed once.
+            conds = [
+                torch.cat([self._condition(model, s * e.embedding.to(model.device)) for s in (1.0, 0.0, -1.0)])
+                for e in pool
+            ]
+        current, history = len(pool) - 1, {"l_c": [], "l_p": [], "loss": []}
+        for step in tqdm(range(cfg.steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
+            for group in optimizer.param_groups:
+                group["lr"] = _step_lr(cfg.lr, step, cfg.lr_decay_step, cfg.lr_decay)
+            pick = current
+            if current > 0 and torch.rand((), generator=generator) >= cfg.current_prob:
+                pick = int(torch.randint(0, current, (), generator=generator))
+            entry, (c, zero_c, neg_c) = pool[pick], conds[pick]
+            rows = torch.randint(0, len(entry.latents), (cfg.batch_size,), generator=generator)
+            x0 = entry.latents[rows].to(model.device, model.dtype)
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=generator).to(model.device)
+            x_t = model.add_noise(x0, noise, t)
+            b = cfg.batch_size
+            # conditions of the adapted model: c, c0, 0*c, -c; of the frozen original: c0, 0*c, -c.
+            cond_theta = torch.cat([x.expand(b, -1, -1) for x in (c[None], anchor, zero_c[None], neg_c[None])])
+            with torch.no_grad(), disable_lora(model.unet):
+                target = model.predict_noise(x_t.repeat(3, 1, 1, 1), t.repeat(3), cond_theta[b:]).float()
+            pred = model.predict_noise(x_t.repeat(4, 1, 1, 1), t.repeat(4), cond_theta).float()
+            l_c = F.mse_loss(pred[:b], target[:b])  # Eq. 7: eps_theta(x_t|c) -> eps_theta'(x_t|c0)
+            l_p = sum(F.mse_loss(pred[b * i : b * (i + 1)], target[b * (i - 1) : b * i]) for i in (1, 2, 3))  # Eq. 8
+            loss = cfg.alpha_c * l_c + cfg.alpha_p * l_p
+            check_finite("circumventing", step, {"l_c": l_c, "l_p": l_p}, run)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            for key, value in (("l_c", l_c), ("l_p", l_p), ("loss", loss)):
+                history[key].append(value.item())
+        return history
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, run, loop, pool, state) -> None:
+        def write(directory: Path) -> None:
+            save_lora(model.unet, directory, metadata={"loop": loop})
+            tensors = {}
+            for i, entry in enumerate(pool):
+                tensors[f"{i}.embedding"], tensors[f"{i}.latents"] = entry.embedding, entry.latents
+            meta = {"entries": json.dumps([{"concept": e.concept, "loop": e.loop} for e in pool])}
+            save_tensors(directory / "embeddings.safetensors", tensors or {"empty": torch.zeros(1)}, meta)
+            write_json(directory / "state.json", state)
+
+        run.save_checkpoint(loop, write)
+
+    def _resume(self, model, run):
+        latest = run.latest()
+        if latest is None:
+            return None
+        loop, directory = latest
+        load_lora(model, directory)
+        tensors = load_tensors(directory / "embeddings.safetensors")
+        with open(directory / "state.json") as f:
+            state = json.load(f)
+        entries = json.loads(state.pop("entries"))
+        pool = [
+            MinedEmbedding(e["concept"], e["loop"], tensors[f"{i}.embedding"], tensors[f"{i}.latents"])
+            for i, e in enumerate(entries)
+        ]
+        return loop, pool, state
+
+    # ---- the loop --------------------------------------------------------------------------------------------
+    def erase(self, model: DiffusionModel, request: ErasureRequest, output_dir: str | Path) -> ErasureResult:
+        """Run (or resume) Dark Miner on `model` for `request.concepts`; write the adapter to `output_dir`.
+
+        Returns:
+            [`ErasureResult`] with the per-loop history (s(c), losses, timings).
+
+        Raises:
+            RunConflictError: `output_dir` holds a run with another config.
+            NonFiniteLossError: a loss became NaN/inf (the message names the step and the last good checkpoint).
+        """
+        cfg = self.config
+        concepts = list(request.concepts)
+        run = RunDirectory(
+            output_dir,
+            {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
+            total_limit=cfg.checkpoint_limit,
+        )
+        resumed = self._resume(model, run)
+        if resumed is None:
+            start, pool = 0, []
+            state = {"history": [], "done": [], "below": {c: 0 for c in concepts}}
+            add_lora(
+                model.unet,
+                attention_value_modules(model.unet, cfg.lora.targets),
+                rank=cfg.lora.rank,
+                alpha=cfg.lora.alpha,
+            )
+        else:
+            start, pool, state = resumed
+            run.truncate_log(lambda r: r.get("loop", -1) < start)
+        pools, pool_images = {}, {}
+        for i, concept in enumerate(concepts):
+            pools[concept] = self._image_pool(model, concept, i, run)
+            pool_images[concept] = load_tensors(run.path / "pool" / f"concept-{i}.safetensors")["images"].float() / 255
+
+        bar = tqdm(range(start, cfg.max_loops), desc="dark miner", initial=start, total=cfg.max_loops)
+        for loop in bar:
+            active = [c for c in concepts if c not in state["done"]]
+            if not active:
+                break
+            concept = active[loop % len(active)]  # A10: several concepts take turns
+            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + loop)
+            record = {"loop": loop, "concept": concept}
+            tic = time.perf_counter()
+            embedding, picks, mining_losses = self._mine(model, concept, pools[concept], generator, run, loop)
+            record.update(
+                mining_loss=mining_losses, mining_seconds=time.perf_counter() - tic, mining_peak_rss_mb=_peak_rss_mb()
+            )
+            tic = time.perf_counter()
+            score = self._verify(model, embedding, pool_images[concept][picks], generator)
+            record.update(score=score, verify_seconds=time.perf_counter() - tic, verify_peak_rss_mb=_peak_rss_mb())
+            below = state["below"][concept] = state["below"][concept] + 1 if score < cfg.verify.tau else 0
+            if below >= cfg.verify.patience:
+                state["done"].append(concept)
+                record["stopped"] = True
+            elif below == 0:
+                # A mined c that still reproduces the concept is circumvented; one below tau is not (§3.2.2).
+                tic = time.perf_counter()
+                latents = self._original_images(model, embedding, generator)
+                pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu()))
+                record.update(
+                    circumvent=self._circumvent(model, pool, generator, run, loop),
+                    circumvent_seconds=time.perf_counter() - tic,
+                    circumvent_peak_rss_mb=_peak_rss_mb(),
+                )
+            state["history"].append({k: v for k, v in record.items() if not isinstance(v, dict | list)})
+            run.log(**record)
+            bar.set_postfix(concept=concept, s=f"{score:.3f}", tau=cfg.verify.tau)
+            entries = json.dumps([{"concept": e.concept, "loop": e.loop} for e in pool])
+            self._save_checkpoint(model, run, loop + 1, pool, {**state, "entries": entries})
+
+        metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
+        save_lora(model.unet, run.path, metadata=metadata)
+        write_json(
+            run.path / ERASURE_CONFIG_NAME,
+            {**metadata, "config": dataclasses.asdict(cfg), "loops": len(state["history"]), "stopped": state["done"]},
+        )
+        summary = {
+            "loops": len(state["history"]),
+            "stopped_by_rule": sorted(state["done"]),
+            "final_scores": {
+                c: next((h["score"] for h in reversed(state["history"]) if h["concept"] == c), None) for c in concepts
+            },
+        }
+        return ErasureResult(run.path, state["history"], summary)

@@ -1,0 +1,28 @@
+"""The model wrapper every method and attack uses, model loading, and LoRA adapter I/O."""
+
+from darkminer.models.errors import LoraLoadError, ModelLoadError
+from darkminer.models.loading import load_model
+from darkminer.models.lora import (
+    add_lora,
+    attention_value_modules,
+    disable_lora,
+    load_lora,
+    lora_state_dict,
+    merge_lora,
+    save_lora,
+)
+from darkminer.models.wrapper import DiffusionModel
+
+__all__ = [
+    "DiffusionModel",
+    "LoraLoadError",
+    "ModelLoadError",
+    "add_lora",
+    "attention_value_modules",
+    "disable_lora",
+    "load_lora",
+    "load_model",
+    "lora_state_dict",
+    "merge_lora",
+    "save_lora",
+]
