@@ -12,10 +12,10 @@ from darkminer.models import DiffusionModel
 from darkminer.testing import tiny_model, tiny_model_dir
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _one_thread() -> Iterator[None]:
     # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads spin against the
-    # other load and run ~100x slower.
+    # other load and run ~100x slower. Session-wide, so module- and session-scoped fixtures get it too.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -63,6 +63,11 @@ def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
             tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
         if _is_dataclass_type(tp) and isinstance(value, dict):
             value = from_dict(tp, value, f"{path}{name}.")
+        elif _is_dataclass_type(tp) and not isinstance(value, tp):
+            raise ConfigError(
+                f"Config key {path}{name!r} is a section, not a value (got {value!r}); set its keys instead, "
+                f"e.g. {path}{name}.<key>=..., valid keys: {sorted(f.name for f in dataclasses.fields(tp))}."
+            )
         elif typing.get_origin(tp) in (list, tuple) and isinstance(value, str):
             value = [value]
         kwargs[name] = value

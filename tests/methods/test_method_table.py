@@ -17,7 +17,6 @@ from darkminer.testing import TINY_METHOD_ALTERNATIVE as ALTERNATIVE
 from darkminer.testing import TINY_METHOD_OVERRIDES as TINY_OVERRIDES
 from darkminer.testing import tiny_model, tiny_model_dir
 
-
 METHODS = [entry.name for entry in list_methods()]
 
 

@@ -135,11 +135,12 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_finite(stage: str, step: int, terms: dict[str, torch.Tensor], run: RunDirectory | None) -> None:
     """Raise [`NonFiniteLossError`] if any loss term is NaN/inf."""
-    bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v).all()}
+    bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
     if bad:
         latest = run.latest() if run is not None else None
         where = f"the last good checkpoint is {latest[1]}" if latest else "no checkpoint was written yet"
-        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        # Summed so that a per-sample (vector) term still formats; for the usual scalar terms this is the value.
+        values = ", ".join(f"{k}={float(v.detach().float().sum()):.4g}" for k, v in terms.items())
         raise NonFiniteLossError(
             f"{stage}: non-finite loss at step {step} ({values}); {where}. Lower the learning rate or the "
             "gradient-clipping norm and re-run the same command to resume from it."

@@ -94,7 +94,9 @@ class AllButOne:
         if latest is None:
             start = 0
             targets = [n for n, _ in model.unet.named_modules() if n.endswith(tuple(cfg.target_modules))]
-            add_lora(model.unet, targets, rank=cfg.rank, alpha=cfg.alpha)
+            with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the global RNG
+                torch.manual_seed(cfg.seed)
+                add_lora(model.unet, targets, rank=cfg.rank, alpha=cfg.alpha)
         else:
             start, directory = latest
             load_lora(model, directory)

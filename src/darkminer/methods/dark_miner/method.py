@@ -54,6 +54,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _lora_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.unet.named_parameters() if "lora_" in n]
+
+
 def _step_lr(base: float, step: int, decay_step: int, decay: float) -> float:
     return base * decay if step >= decay_step else base
 
@@ -126,6 +130,8 @@ class DarkMiner:
         picks = torch.randperm(len(pool_latents), generator=generator)[: cfg.images_per_loop]
         x0 = pool_latents[picks].to(model.device, model.dtype)
         embedding = self._initial_embedding(model, concept, generator).to(model.device).requires_grad_(True)
+        for p in _lora_parameters(model):  # Eq. 5: the adapters are frozen while mining
+            p.requires_grad_(False)
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([embedding], lr=cfg.lr)
         losses = []
         for step in tqdm(range(cfg.steps), desc=f"loop {loop} mining", leave=False, mininterval=2):
@@ -175,7 +181,7 @@ class DarkMiner:
 
     def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop):
         cfg = self.config.circumvent
-        params = [p for p in model.unet.parameters() if p.requires_grad]
+        params = [p.requires_grad_(True) for p in _lora_parameters(model)]
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(params, lr=cfg.lr)
         with torch.no_grad():
             anchor = model.encode_prompt(cfg.anchor)
@@ -266,12 +272,14 @@ class DarkMiner:
         if resumed is None:
             start, pool = 0, []
             state = {"history": [], "done": [], "below": {c: 0 for c in concepts}}
-            add_lora(
-                model.unet,
-                attention_value_modules(model.unet, cfg.lora.targets),
-                rank=cfg.lora.rank,
-                alpha=cfg.lora.alpha,
-            )
+            with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the global RNG
+                torch.manual_seed(cfg.seed)
+                add_lora(
+                    model.unet,
+                    attention_value_modules(model.unet, cfg.lora.targets),
+                    rank=cfg.lora.rank,
+                    alpha=cfg.lora.alpha,
+                )
         else:
             start, pool, state = resumed
             run.truncate_log(lambda r: r.get("loop", -1) < start)
