@@ -13,7 +13,7 @@ from darkminer.models import load_model
 from darkminer.toy.judge import ShapesJudge, load_classifier
 from darkminer.toy.render import ShapeLabel
 
-STAGES = ("tokenizer", "classifier", "clip", "vae", "unet")
+STAGES = ("tokenizer", "classifier", "clip", "vae", "unet", "clip_vision")
 
 
 @pytest.fixture(scope="module")

@@ -57,22 +57,29 @@ def clip_preprocess(model) -> ClipPreprocess:
 
 
 @torch.no_grad()
-def image_features(model, images01: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Projected CLIP image features (not normalised) of images in [0, 1]."""
-    clip = _require_clip(model)
-    prep = clip_preprocess(model)
+def encode_images(clip, preprocess: ClipPreprocess, images01: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Projected CLIP image features (float32, CPU, not normalised) of images in [0, 1] through a bare `CLIPModel`."""
     device = next(clip.parameters()).device
     feats = [
-        clip.get_image_features(pixel_values=prep(images01[i : i + batch_size].to(device))).pooler_output
+        clip.get_image_features(pixel_values=preprocess(images01[i : i + batch_size].to(device))).pooler_output
         for i in range(0, len(images01), batch_size)
     ]
     return torch.cat(feats).float().cpu()
 
 
 @torch.no_grad()
+def encode_texts(clip, tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Projected CLIP text features (float32, CPU, not normalised) through a bare `CLIPModel` and its tokenizer."""
+    device = next(clip.parameters()).device
+    ids = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    return clip.get_text_features(input_ids=ids.to(device)).pooler_output.float().cpu()
+
+
+def image_features(model, images01: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Projected CLIP image features (not normalised) of images in [0, 1]."""
+    return encode_images(_require_clip(model), clip_preprocess(model), images01, batch_size)
+
+
 def text_features(model, prompts: list[str]) -> torch.Tensor:
     """Projected CLIP text features (not normalised)."""
-    clip = _require_clip(model)
-    device = next(clip.parameters()).device
-    ids = model.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
-    return clip.get_text_features(input_ids=ids.to(device)).pooler_output.float().cpu()
+    return encode_texts(_require_clip(model), model.tokenizer, prompts)

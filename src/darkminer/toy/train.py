@@ -1,6 +1,7 @@
 """`darkminer toy train`: every ShapesWorld recipe in order, resumable per stage, deterministic given a seed.
 
-Stages: tokenizer -> classifier -> clip (its text tower is the text encoder) -> vae -> unet -> assemble. A finished
+Stages: tokenizer -> classifier -> clip (its text tower is the text encoder) -> vae -> unet -> clip_vision (the
+image side fine-tuned with the text tower frozen) -> assemble. A finished
 stage is kept under `<output_dir>/.stages/` and loaded, not retrained, when the command is run again. The result is a
 standard diffusers `StableDiffusionPipeline` directory plus `clip/` and `classifier/`, weights stored in fp16.
 """
@@ -38,11 +39,12 @@ class ToyTrainConfig:
     clip: RecipeSettings = field(default_factory=lambda: RecipeSettings(steps=2500, batch_size=64, lr=1e-3))
     vae: RecipeSettings = field(default_factory=lambda: RecipeSettings(steps=2000, batch_size=64, lr=1e-3))
     unet: RecipeSettings = field(default_factory=lambda: RecipeSettings(steps=6000, batch_size=64, lr=5e-4))
+    clip_vision: RecipeSettings = field(default_factory=lambda: RecipeSettings(steps=1000, batch_size=64, lr=3e-4))
 
     def __post_init__(self):
         if self.dataset_size < 64:
             raise ValueError(f"dataset_size={self.dataset_size} is too small; use at least 64 images.")
-        for name in ("classifier", "clip", "vae", "unet"):
+        for name in ("classifier", "clip", "vae", "unet", "clip_vision"):
             settings = getattr(self, name)
             if isinstance(settings, dict):
                 settings = RecipeSettings(**settings)
@@ -55,7 +57,7 @@ class ToyTrainConfig:
     def quick(cls, output_dir: str, seed: int = 0) -> ToyTrainConfig:
         """A few steps of every recipe on a tiny dataset: for tests, not for use."""
         tiny = dict(steps=3, batch_size=8, lr=1e-3, warmup=1)
-        return cls(output_dir, seed, 128, *(RecipeSettings(**tiny) for _ in range(4)))
+        return cls(output_dir, seed, 128, *(RecipeSettings(**tiny) for _ in range(5)))
 
 
 def _save_atomically(directory: Path, save_fn) -> None:
@@ -104,6 +106,13 @@ def train_shapesworld(config: ToyTrainConfig) -> Path:
         lambda: train_unet(data, vae, tokenizer, clip.text_model, config.unet),
         lambda m, p: m.save_pretrained(p),
         UNet2DConditionModel.from_pretrained,
+    )
+    # Last, so that the text tower the UNet was trained against is untouched: sharpen CLIP's image side.
+    clip = stage(
+        "clip_vision",
+        lambda: train_clip(data, tokenizer, config.clip_vision, model=clip),
+        lambda m, p: m.save_pretrained(p),
+        lambda p: CLIPModel.from_pretrained(p).eval(),
     )
 
     def save_pipeline(tmp: Path) -> None:

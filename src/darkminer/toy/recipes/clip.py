@@ -47,11 +47,34 @@ def clip_pixel_values(images01: torch.Tensor) -> torch.Tensor:
     return images01 * 2 - 1
 
 
-def train_clip(data: ShapesData, tokenizer: CLIPTokenizer, settings: RecipeSettings) -> CLIPModel:
+def _jitter(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A light blur on half the batch: generated images are softer than renders, and CLIP judges both."""
+    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    pick = torch.from_numpy(rng.random(len(images)) < 0.5).view(-1, 1, 1, 1).float()
+    return pick * (0.5 * images + 0.5 * blurred) + (1 - pick) * images
+
+
+def train_clip(
+    data: ShapesData, tokenizer: CLIPTokenizer, settings: RecipeSettings, model: CLIPModel | None = None
+) -> CLIPModel:
+    """Train a CLIP from scratch, or, given `model`, fine-tune only its image side (tower, projection, logit scale).
+
+    The second form sharpens zero-shot recognition after the text tower has become the pipeline's text encoder,
+    without changing a single text-encoder weight the UNet was trained against.
+    """
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    model = CLIPModel(clip_config(tokenizer))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
+    finetune_vision = model is not None
+    if model is None:
+        model = CLIPModel(clip_config(tokenizer))
+        params = list(model.parameters())
+    else:
+        model.text_model.requires_grad_(False)
+        model.text_projection.requires_grad_(False)
+        params = [*model.vision_model.parameters(), *model.visual_projection.parameters(), model.logit_scale]
+        for p in params:
+            p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.05)
     token_cache: dict[str, list[int]] = {}
 
     def tokenize(captions):
@@ -62,7 +85,10 @@ def train_clip(data: ShapesData, tokenizer: CLIPTokenizer, settings: RecipeSetti
 
     def step(_):
         images, _, captions, idx = data.batch(rng, settings.batch_size)
-        image_emb = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        image_emb = F.normalize(
+            model.get_image_features(pixel_values=_jitter(images, rng) if finetune_vision else images).pooler_output,
+            dim=-1,
+        )
         text_emb = F.normalize(model.get_text_features(input_ids=tokenize(captions)).pooler_output, dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
         constraints = [caption_constraints(c) for c in captions]
@@ -75,5 +101,5 @@ def train_clip(data: ShapesData, tokenizer: CLIPTokenizer, settings: RecipeSetti
         return (loss_i + loss_t) / 2
 
     model.train()
-    run_steps("clip", settings, optimizer, step)
+    run_steps("clip-vision" if finetune_vision else "clip", settings, optimizer, step)
     return model.eval().requires_grad_(False)
