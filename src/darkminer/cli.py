@@ -161,14 +161,25 @@ def _add_demo(sub) -> None:
     p.add_argument("--concept", default="star", help="ShapesWorld concept (default star).")
     p.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="Run directory (default runs/demo).")
     p.add_argument("--images-per-prompt", type=int, default=4, help="Images per evaluation prompt (default 4).")
-    p.add_argument("overrides", nargs="*", help="Dotted overrides of the Dark Miner preset.")
+    p.add_argument("--method", default="dark_miner", help="Method with a ShapesWorld preset (default dark_miner).")
+    p.add_argument("--alternative", help="All but One: the concept the target turns into (e.g. circle).")
+    p.add_argument("overrides", nargs="*", help="Dotted overrides of the preset.")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    print(run_demo(args.concept, args.output_dir, args.images_per_prompt, list(args.overrides)))
+    print(
+        run_demo(
+            args.concept,
+            args.output_dir,
+            args.images_per_prompt,
+            list(args.overrides),
+            method=args.method,
+            alternative=args.alternative,
+        )
+    )
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .erase import EraseJob, run_erase, write_run_report
 from .eval.report import table_lines
-from .eval.shapesworld import erasure_table
+from .eval.shapesworld import alternative_rate, erasure_table
 from .models import disable_lora
 from .toy.captions import get_concept
 from .toy.judge import ShapesJudge, load_classifier
@@ -28,16 +28,25 @@ def preset_path(method: str, concept: str) -> Path:
     return path
 
 
-def run_demo(concept: str, output_dir: Path, images_per_prompt: int = 4, overrides: list[str] | None = None) -> str:
-    """Run the demo; returns the printed table (also written into the run's report)."""
+def run_demo(
+    concept: str,
+    output_dir: Path,
+    images_per_prompt: int = 4,
+    overrides: list[str] | None = None,
+    method: str = "dark_miner",
+    alternative: str | None = None,
+) -> str:
+    """Run the demo (Dark Miner by default; any method with a ShapesWorld preset); returns the printed table,
+    which is also written into the run's report. Re-running it resumes the erasure and re-measures."""
     get_concept(concept)
     start = time.perf_counter()
     job = EraseJob(
         model="shapesworld",
-        method="dark_miner",
+        method=method,
         concepts=[concept],
         output_dir=str(output_dir),
-        config_file=str(preset_path("dark_miner", concept)),
+        alternative=alternative,
+        config_file=str(preset_path(method, concept)),
         overrides=list(overrides or []),
         report=False,
     )
@@ -54,15 +63,24 @@ def run_demo(concept: str, output_dir: Path, images_per_prompt: int = 4, overrid
         "score_heldout": "Score, held-out prompts",
         "preservation": "Preservation accuracy, other concepts",
     }
+    if alternative:
+        label = f"{concept} prompts showing {alternative}"
+        columns["alternative"] = label
+        with disable_lora(model.unet):
+            before["alternative"] = alternative_rate(model, judge, concept, alternative, per_prompt=images_per_prompt)
+        after["alternative"] = alternative_rate(model, judge, concept, alternative, per_prompt=images_per_prompt)
     rows = [
         {"model": name, **{label: row[key] for key, label in columns.items()}}
-        for name, row in (("original", before), ("Dark Miner", after))
+        for name, row in (("original", before), (method, after))
     ]
     lines = table_lines(rows, ["model", *columns.values()])
     seconds = time.perf_counter() - start
-    summary = [
-        f"Concept `{concept}`; {result.summary.get('loops')} loops, stopped by the rule: "
-        f"{bool(result.summary.get('stopped_by_rule'))}; {seconds / 60:.1f} min in all."
-    ]
+    if method == "dark_miner":
+        summary = [
+            f"Concept `{concept}`; {result.summary.get('loops')} loops, stopped by the rule: "
+            f"{bool(result.summary.get('stopped_by_rule'))}; {seconds / 60:.1f} min in all."
+        ]
+    else:
+        summary = [f"Concept `{concept}` with `{method}`; {seconds / 60:.1f} min in all."]
     write_run_report(model, job, config, result, [("Before / after (ShapesWorld classifier)", [*summary, "", *lines])])
     return "\n".join([*summary, "", *lines, "", f"Report: {Path(output_dir) / 'report.md'}"])

@@ -24,7 +24,15 @@ from tqdm.auto import tqdm
 
 from ..models import DiffusionModel
 from .base import AttackResult
-from .common import check_positive, draw_images, encode_images, normal_prompts, sample_noisy, warn_if_no_original
+from .common import (
+    check_positive,
+    draw_images,
+    encode_images,
+    make_probe,
+    normal_prompts,
+    sample_noisy,
+    warn_if_no_original,
+)
 
 
 @dataclass
@@ -56,6 +64,11 @@ class CCEConfig:
         default=1,
         metadata={"help": "Independent embeddings learned side by side (each its own noise and images). Paper: 1."},
     )
+    eval_every: int = field(
+        default=10,
+        metadata={"help": "Steps between evaluations of the loss on a fixed probe of noisy latents (loss_history)."},
+    )
+    eval_samples: int = field(default=8, metadata={"help": "Noisy latents of the probe (t stratified over [0, T))."})
     num_images: int = field(
         default=16,
         metadata={
@@ -79,6 +92,8 @@ class CCEConfig:
             length=self.length,
             batch_size=self.batch_size,
             num_embeddings=self.num_embeddings,
+            eval_every=self.eval_every,
+            eval_samples=self.eval_samples,
             num_images=self.num_images,
             generate_steps=self.generate_steps,
         )
@@ -144,21 +159,31 @@ class CCE:
         start = model.prompt_token_embeddings(init, cfg.length).float()
         embeds = start.repeat(cfg.num_embeddings, 1, 1).requires_grad_(True)  # (E, L, D)
         optimizer = torch.optim.Adam([embeds], lr=cfg.lr)
-        history: list[list[float]] = [[] for _ in range(cfg.num_embeddings)]
         rows, batch = cfg.num_embeddings, cfg.batch_size
+        # The same probe for every embedding: (x_t, noise, t), each repeated once per embedding.
+        probe = [torch.cat([v] * rows) for v in make_probe(model, x0, cfg.eval_samples, generator)]
 
-        for _ in tqdm(range(cfg.steps), desc="cce", leave=False, mininterval=2):
-            x_t, noise, t = sample_noisy(model, x0, rows * batch, generator)
-            cond = model.encode_prompt(token_embeds=embeds).repeat_interleave(batch, dim=0)
+        def row_losses(x_t, noise, t, per_row):
+            # One mean-squared error per embedding; their sum keeps the embeddings' gradients independent.
+            cond = model.encode_prompt(token_embeds=embeds).repeat_interleave(per_row, dim=0)
             pred = model.predict_noise(x_t, t, cond).float()
-            # One mean-squared error per embedding: their sum keeps the embeddings' gradients independent.
-            per_row = F.mse_loss(pred, noise.float(), reduction="none").flatten(1).mean(1).view(rows, batch).mean(1)
-            # Gradients for the embeddings only: nothing accumulates on the model's parameters.
-            (grad,) = torch.autograd.grad(per_row.sum(), [embeds])
-            embeds.grad = grad
-            optimizer.step()
-            for curve, value in zip(history, per_row.tolist(), strict=True):
+            return F.mse_loss(pred, noise.float(), reduction="none").flatten(1).mean(1).view(rows, per_row).mean(1)
+
+        def record():
+            with torch.no_grad():
+                losses = row_losses(*probe, cfg.eval_samples)
+            for curve, value in zip(history, losses.tolist(), strict=True):
                 curve.append(value)
+
+        history: list[list[float]] = [[] for _ in range(rows)]
+        record()
+        for step in tqdm(range(cfg.steps), desc="cce", leave=False, mininterval=2):
+            x_t, noise, t = sample_noisy(model, x0, rows * batch, generator)
+            # Gradients for the embeddings only: nothing accumulates on the model's parameters.
+            (embeds.grad,) = torch.autograd.grad(row_losses(x_t, noise, t, batch).sum(), [embeds])
+            optimizer.step()
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                record()
 
         result = AttackResult(
             attack=self.name,

@@ -71,8 +71,15 @@ def original_model(model: DiffusionModel, original: DiffusionModel | None) -> It
     if original is not None:
         yield original
         return
-    with disable_lora(model.unet):
-        yield model
+    # peft's `enable_adapters` (run when `disable_lora` exits) turns `requires_grad` on for the adapter weights;
+    # an attack must leave the model as it found it, so the flags are put back.
+    flags = [(p, p.requires_grad) for p in model.unet.parameters()]
+    try:
+        with disable_lora(model.unet):
+            yield model
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 def normal_prompts(prompts: Sequence[str] | None, concept: str, template: str, max_prompts: int) -> list[str]:
@@ -84,6 +91,10 @@ def normal_prompts(prompts: Sequence[str] | None, concept: str, template: str, m
     prompts = list(prompts)
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise ValueError(f"`prompts` must be a non-empty list of non-empty strings, got {prompts!r}.")
+    if len(prompts) > max_prompts:
+        warnings.warn(
+            f"Attacking the first {max_prompts} of {len(prompts)} prompts (max_prompts={max_prompts}).", stacklevel=3
+        )
     return prompts[:max_prompts]
 
 
@@ -178,14 +189,25 @@ def sample_noisy(
     return model.add_noise(x0, noise, t), noise, t
 
 
+def make_probe(
+    model: DiffusionModel, x0: torch.Tensor, size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed noisy latents on which a loss is comparable from step to step (the training loss, on fresh draws each
+    step, is dominated by which t was drawn): rows of `x0` in turn, one noise draw, and t at the midpoints of `size`
+    equal bins of [0, T). Returns (x_t, noise, t)."""
+    x0 = x0[torch.arange(size) % len(x0)].to(model.device, model.dtype)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    t = ((torch.arange(size) + 0.5) * model.num_train_timesteps / size).long().to(model.device)
+    return model.add_noise(x0, noise, t), noise, t
+
+
 # ---------------------------------------------------------------------- the search vocabulary
 
 
 def token_texts(model: DiffusionModel) -> list[str]:
     """The decoded text of every token id (what the token contributes to a decoded prompt), stripped."""
     tokenizer = model.tokenizer
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    return [tokenizer.convert_tokens_to_string([token]).strip() for token in tokens]
+    return [tokenizer.decode([index]).strip() for index in range(len(tokenizer))]
 
 
 def allowed_token_ids(model: DiffusionModel, vocabulary: str, banned_words: Sequence[str] = ()) -> torch.LongTensor:

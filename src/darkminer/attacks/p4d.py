@@ -33,6 +33,7 @@ from .common import (
     check_vocabulary,
     decode,
     latents_per_prompt,
+    make_probe,
     normal_prompts,
     original_model,
     project_to_tokens,
@@ -81,6 +82,14 @@ class P4DConfig:
     prompt_template: str = field(
         default="a photo of a {concept}", metadata={"help": "The normal prompt when no prompts are given."}
     )
+    eval_every: int = field(
+        default=10,
+        metadata={
+            "help": "Steps between evaluations of the current hard prompt on a fixed probe of noisy latents; the best "
+            "one is kept and its probe loss recorded in loss_history."
+        },
+    )
+    eval_samples: int = field(default=8, metadata={"help": "Noisy latents of the probe (t stratified over [0, T))."})
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the original's images."})
     guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for the original's images."})
     seed: int = field(default=0, metadata={"help": "Seed of the one generator behind every random draw."})
@@ -94,6 +103,8 @@ class P4DConfig:
             max_prompts=self.max_prompts,
             images_per_prompt=self.images_per_prompt,
             batch_size=self.batch_size,
+            eval_every=self.eval_every,
+            eval_samples=self.eval_samples,
             generate_steps=self.generate_steps,
         )
         if self.weight_decay < 0:
@@ -141,7 +152,7 @@ class P4D:
                 Where to save the result ([`AttackResult.save`]).
 
         Returns:
-            [`AttackResult`] with one adversarial prompt and one loss curve per normal prompt.
+            [`AttackResult`] with one adversarial prompt per normal prompt and its best probe loss over the steps.
         """
         cfg = self.config
         warn_if_no_original(model, original, self.name)
@@ -192,21 +203,34 @@ class P4D:
         soft = table[self._initial_ids(model, prompt, allowed, generator)].detach().float()[None]
         soft.requires_grad_(True)  # P_cont, shape (1, K, D)
         optimizer = torch.optim.AdamW([soft], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        probe_x, _, probe_t = make_probe(model, x0, cfg.eval_samples, generator)
         with torch.no_grad(), original_model(model, original) as source:
-            target_cond = source.encode_prompt(prompt).expand(cfg.batch_size, -1, -1)
+            target_cond = source.encode_prompt(prompt)
+            probe_target = source.predict_noise(probe_x, probe_t, target_cond.expand(len(probe_x), -1, -1)).float()
 
-        losses = []
-        for _ in tqdm(range(cfg.steps), desc=f"p4d {index + 1}/{total}", leave=False, mininterval=2):
+        @torch.no_grad()
+        def probe_loss(ids: torch.LongTensor) -> float:
+            cond = model.encode_prompt(token_embeds=table[ids][None]).expand(len(probe_x), -1, -1)
+            return F.mse_loss(model.predict_noise(probe_x, probe_t, cond).float(), probe_target).item()
+
+        # PEZ keeps the best hard prompt seen; "best" is judged on the fixed probe, not on one noisy draw.
+        best_ids = project_to_tokens(soft, table, allowed)[0]
+        history = [probe_loss(best_ids)]
+        for step in tqdm(range(cfg.steps), desc=f"p4d {index + 1}/{total}", leave=False, mininterval=2):
             x_t, _, t = sample_noisy(model, x0, cfg.batch_size, generator)
             with torch.no_grad(), original_model(model, original) as source:
-                target = source.predict_noise(x_t, t, target_cond).float()
-            ids = project_to_tokens(soft, table, allowed)
-            hard = table[ids].float()
+                target = source.predict_noise(x_t, t, target_cond.expand(cfg.batch_size, -1, -1)).float()
+            hard = table[project_to_tokens(soft, table, allowed)].float()
             # Straight-through: the forward pass sees the projected (hard) prompt, the gradient updates P_cont.
             token_embeds = soft + (hard - soft).detach()
             cond = model.encode_prompt(token_embeds=token_embeds).expand(cfg.batch_size, -1, -1)
             loss = F.mse_loss(model.predict_noise(x_t, t, cond).float(), target)
             (soft.grad,) = torch.autograd.grad(loss, [soft])  # only P_cont gets a gradient, never the model
             optimizer.step()
-            losses.append(loss.item())
-        return project_to_tokens(soft, table, allowed)[0], losses
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                ids = project_to_tokens(soft, table, allowed)[0]
+                value = probe_loss(ids)
+                if value < history[-1]:
+                    best_ids = ids
+                history.append(min(value, history[-1]))
+        return best_ids, history

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..metrics.functions import erasure_figures
 from ..models import DiffusionModel, disable_lora
 from ..toy.captions import Concept, EvalPrompt, concept_prompts, get_concept, preservation_prompts
 from ..toy.judge import ShapesJudge
+from ..toy.render import COLOURS, PATTERNS, SHAPES
 
 
 def is_shapesworld(model: DiffusionModel) -> bool:
@@ -52,10 +54,12 @@ def generate_for(
 
 
 def concept_rates(judge: ShapesJudge, generated: Generated, concept: Concept) -> tuple[float, float]:
-    """(Ratio, Score) of `concept` over the generated images."""
-    shows = judge.shows(generated.images, concept).float()
-    scores = judge.concept_scores(generated.images, concept)
-    return float(shows.mean()), float(scores.mean())
+    """(Ratio, Score) of `concept` over the generated images; Score averages the classifier's probability of the
+    concept over the images classified as it, as the paper does for objects and styles (0 when there is none)."""
+    figures = erasure_figures(
+        judge.concept_scores(generated.images, concept), judge.shows(generated.images, concept), concept.kind
+    )
+    return figures["ratio"], figures["score"]
 
 
 def follow_rate(judge: ShapesJudge, generated: Generated) -> float:
@@ -87,3 +91,27 @@ def erasure_table(
     row["preservation"] = follow_rate(judge, preserved)
     images["preservation"] = preserved
     return (row, images) if with_images else row
+
+
+def alternative_rate(
+    model: DiffusionModel,
+    judge: ShapesJudge,
+    concept_name: str,
+    alternative: str,
+    *,
+    per_prompt: int = 4,
+    seed: int = 0,
+    original: bool = False,
+) -> float:
+    """All but One's figure: share of images from the concept's prompts (training and held-out templates) that show
+    `alternative` instead (an attribute value of the same kind: a shape for a shape, a colour for a colour)."""
+    concept = get_concept(concept_name)
+    values = {"shape": SHAPES, "colour": tuple(COLOURS), "pattern": PATTERNS}[concept.attribute]
+    if alternative not in values:
+        raise ValueError(
+            f"Alternative {alternative!r} for {concept.attribute} concept {concept_name!r} must be one of {values}."
+        )
+    prompts = concept_prompts(concept, "train") + concept_prompts(concept, "heldout")
+    generated = generate_for(model, prompts, per_prompt, seed, original)
+    labels = judge.labels(generated.images)
+    return float(sum(getattr(label, concept.attribute) == alternative for label in labels) / len(labels))

@@ -1,0 +1,221 @@
+"""`darkminer evaluate` / `darkminer attack`: one row of the paper's Table 1 for one (model, adapter, concept).
+
+- Erase: `images_per_prompt` images per normal prompt; Ratio = share the detector classifies as the concept,
+  Score = mean detector score (over all images for inappropriate concepts, over detected ones otherwise).
+- Preserve: CLIP-score and FID on prompts that do not involve the concept. On ShapesWorld the "real" images for
+  FID are fresh renders of exactly what each prompt asks for, and features are the classifier's penultimate layer.
+- Attack: each attack searches adversarial prompts or embeddings against the model as given (adapter active);
+  one image per adversarial output; ASR = share classified as the concept.
+
+ShapesWorld supplies its own prompts and detector. Other models need them from the user (`EvaluateJob` fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..attacks import get_attack
+from ..config import load_config, write_json
+from ..metrics import attack_success_rate, clip_score, erasure_figures, fid_from_features
+from ..metrics.clip import image_features, text_features
+from ..models import DiffusionModel, disable_lora, load_model
+from ..models.adapters import apply_adapter
+from ..utils.images import labelled_grid
+from .report import table_lines
+from .shapesworld import is_shapesworld
+
+
+@dataclass
+class EvaluateJob:
+    """One `darkminer evaluate` (or, with `erase=False` and one attack, `darkminer attack`) invocation."""
+
+    concept: str = field(metadata={"help": "The erased concept to measure."})
+    output_dir: str = field(metadata={"help": "Where results.json, report.md and grids go."})
+    model: str = field(default="shapesworld", metadata={"help": "Base model spec."})
+    adapter: str | None = field(
+        default=None, metadata={"help": "Run directory of `darkminer erase` (None: original)."}
+    )
+    attacks: list[str] = field(default_factory=list, metadata={"help": "Registered attacks to run."})
+    attack_overrides: list[str] = field(default_factory=list, metadata={"help": "'<attack>.<field>=value' overrides."})
+    images_per_prompt: int = field(default=4, metadata={"help": "Images per normal prompt (paper: 10)."})
+    seed: int = field(default=0, metadata={"help": "Seed of every generation."})
+    erase_metrics: bool = field(default=True, metadata={"help": "Measure Ratio/Score/CLIP/FID (False: attacks only)."})
+    ban_concept_words: bool = field(
+        default=False,
+        metadata={
+            "help": "Forbid the concept's words in discrete "
+            "adversarial prompts (the sanity check against the original model)."
+        },
+    )
+    prompts_file: str | None = field(
+        default=None, metadata={"help": "Normal prompts, one per line (non-ShapesWorld)."}
+    )
+    captions_file: str | None = field(default=None, metadata={"help": "Preservation captions (non-ShapesWorld)."})
+
+    def __post_init__(self):
+        if self.images_per_prompt < 1:
+            raise ValueError(f"images_per_prompt must be >= 1, got {self.images_per_prompt}.")
+        for name in self.attacks:
+            get_attack(name)
+
+
+def _attack_config(name: str, overrides: list[str], extra: list[str]):
+    mine = [o.split(".", 1)[1] for o in overrides if o.startswith(f"{name}.")]
+    return load_config(get_attack(name).config_class, None, [*extra, *mine])
+
+
+def _generate(model, prompts: list[str], per_prompt: int, seed: int, batch: int = 128) -> torch.Tensor:
+    step = max(1, batch // per_prompt)
+    return torch.cat(
+        [
+            model.generate(prompts[i : i + step], num_images_per_prompt=per_prompt, seed=seed + i)
+            for i in range(0, len(prompts), step)
+        ]
+    )
+
+
+def _generate_cond(model, cond: torch.Tensor, seed: int, batch: int = 128) -> torch.Tensor:
+    return torch.cat([model.generate(cond=cond[i : i + batch], seed=seed + i) for i in range(0, len(cond), batch)])
+
+
+class _World:
+    """Prompts, detector and reference images for the model being evaluated."""
+
+    def __init__(self, model: DiffusionModel, job: EvaluateJob):
+        from ..metrics import ShapesWorldDetector
+
+        if is_shapesworld(model):
+            from ..toy.captions import concept_prompts, get_concept, preservation_prompts
+
+            concept = get_concept(job.concept)
+            self.detector = ShapesWorldDetector(concept, model.name)
+            self.normal = [p.text for split in ("heldout", "implicit") for p in concept_prompts(concept, split)]
+            self.attack_sources = [p.text for p in concept_prompts(concept, "train")]
+            self.preserve = preservation_prompts(concept)
+            self.banned = self._concept_words(concept)
+        else:
+            raise NotImplementedError(
+                "darkminer evaluate measures ShapesWorld models today; for other models it needs a detector "
+                "(NudeNet, Q16, CLIP zero-shot) wired to --prompts-file/--captions-file, which is not implemented yet."
+            )
+
+    @staticmethod
+    def _concept_words(concept) -> list[str]:
+        """The words that name the concept (its synonyms), banned from prompts in the sanity check."""
+        from ..toy.captions import COLOUR_WORDS, SHAPE_WORDS
+
+        if concept.attribute == "pattern":
+            return ["stripe", "striped", "stripes"]
+        return sorted({"shape": SHAPE_WORDS, "colour": COLOUR_WORDS}[concept.attribute][concept.name])
+
+    def concept_images(self, model: DiffusionModel, count: int, seed: int) -> torch.Tensor:
+        """The original model's highest-scoring images for the concept's prompts (CCE's inversion data)."""
+        with disable_lora(model.unet):
+            images = _generate(model, self.attack_sources, max(1, 2 * count // len(self.attack_sources)), seed)
+        order = self.detector(images).scores.argsort(descending=True)
+        return images[order[:count]]
+
+    def reference_features(self, per_prompt: int, seed: int) -> torch.Tensor:
+        from ..toy.render import ShapeLabel, render_batch, to_tensor_range
+
+        rng = np.random.default_rng(seed)
+        labels = [
+            ShapeLabel(p.constraints["shape"], p.constraints["colour"], "solid" if rng.random() < 0.5 else "striped")
+            for p in self.preserve
+            for _ in range(per_prompt)
+        ]
+        return self.detector.features((to_tensor_range(render_batch(labels, seed)) + 1) / 2)
+
+
+def evaluate(job: EvaluateJob) -> dict:
+    """Run `job`; writes `results.json`, `report.md` and grids to `job.output_dir` and returns the results."""
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(job.model)
+    if job.adapter:
+        apply_adapter(model, job.adapter)
+    world = _World(model, job)
+    results = {"job": dataclasses.asdict(job), "detector": world.detector.metadata(), "attacks": {}}
+    grids = []
+    start = time.perf_counter()
+    if job.erase_metrics:
+        images = _generate(model, world.normal, job.images_per_prompt, job.seed)
+        verdict = world.detector(images)
+        results.update(erasure_figures(verdict.scores, verdict.decisions, world.detector.kind))
+        grids.append(("normal prompts", images[:: job.images_per_prompt][:16]))
+        texts = [p.text for p in world.preserve]
+        kept = _generate(model, texts, job.images_per_prompt, job.seed + 1)
+        repeated = [t for t in texts for _ in range(job.images_per_prompt)]
+        if model.clip is not None:
+            results["clip_score"] = clip_score(image_features(model, kept), text_features(model, repeated))
+        reference = world.reference_features(job.images_per_prompt, job.seed + 2)
+        results["fid"] = fid_from_features(world.detector.features(kept), reference)
+        grids.append(("preservation prompts", kept[:: job.images_per_prompt][:16]))
+    for name in job.attacks:
+        banned = job.ban_concept_words and _has_field(name, "banned_words")
+        config = _attack_config(name, job.attack_overrides, [f"banned_words={world.banned}"] if banned else [])
+        attack = get_attack(name).attack_class(config)
+        tic = time.perf_counter()
+        result = attack.run(
+            model,
+            concept=job.concept,
+            prompts=world.attack_sources,
+            images=world.concept_images(model, 32, job.seed + 4),
+            output_dir=out / name,
+        )
+        result.save(out / name)
+        adversarial = _generate_cond(model, result.conditionings(model), job.seed + 3)
+        decisions = world.detector(adversarial).decisions
+        results["attacks"][name] = {
+            "asr": attack_success_rate(decisions),
+            "outputs": len(result),
+            "seconds": round(time.perf_counter() - tic, 1),
+            "prompts": result.prompts[:8],
+        }
+        grids.append((f"attack {name}", adversarial[:16]))
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(out / "results.json", results)
+    _write_report(out, job, results, grids)
+    return results
+
+
+def _has_field(attack: str, name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(get_attack(attack).config_class)}
+
+
+def _write_report(out: Path, job: EvaluateJob, results: dict, grids: list[tuple[str, torch.Tensor]]) -> None:
+    row = table_row(results)
+    lines = [
+        f"# Evaluation: `{job.concept}` on `{job.model}`" + (f" + `{job.adapter}`" if job.adapter else ""),
+        "",
+        *table_lines([row], list(row)),
+        "",
+        f"Detector: `{results['detector']}`",
+        "",
+    ]
+    if grids:
+        scale = max(1, 64 // grids[0][1].shape[-1])
+        labelled_grid([(c, g) for c, g in grids], scale=scale, label_width=200).save(out / "grids.png")
+        lines += ["![samples](grids.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def table_row(results: dict) -> dict:
+    """Table-1 columns: Ratio, Score, CLIP, FID, then ASR per attack (percentages as the paper prints them)."""
+    row = {}
+    for key, label in (("ratio", "Ratio %"), ("score", "Score %")):
+        if key in results:
+            row[label] = f"{100 * results[key]:.1f}"
+    if "clip_score" in results:
+        row["CLIP"] = f"{results['clip_score']:.2f}"
+    if "fid" in results:
+        row["FID"] = f"{results['fid']:.2f}"
+    for name, attack in results.get("attacks", {}).items():
+        row[f"ASR {name} %"] = f"{100 * attack['asr']:.1f}"
+    return row
