@@ -199,6 +199,96 @@ def _run_methods(args) -> int:
     return 0
 
 
+def _add_evaluate(sub) -> None:
+    for name, help_text in (
+        ("evaluate", "One Table-1 row: Ratio, Score, CLIP, FID and ASR per attack, as JSON + Markdown."),
+        ("attack", "Run one attack against a (possibly erased) model: adversarial prompts, images, ASR."),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--model", default="shapesworld", help="Base model spec (default 'shapesworld').")
+        p.add_argument("--adapter", type=Path, help="Run directory of `darkminer erase` (omit: the original model).")
+        p.add_argument("--concept", required=True, help="The concept to measure or bring back.")
+        p.add_argument("--output-dir", type=Path, required=True, help="Where results.json, report.md, grids go.")
+        p.add_argument("--images-per-prompt", type=int, default=4, help="Images per normal prompt (paper: 10).")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--ban-concept-words",
+            action="store_true",
+            help="Forbid the concept's own words in discrete adversarial prompts.",
+        )
+        if name == "evaluate":
+            p.add_argument("--attacks", nargs="*", default=[], help="Attacks to run (see `darkminer attacks`).")
+        else:
+            p.add_argument("--attack", required=True, help="cce | p4d | unlearn_diff | ring_a_bell")
+        p.add_argument("overrides", nargs="*", help="Attack overrides as <attack>.<field>=value, e.g. cce.steps=50.")
+        p.set_defaults(func=_run_evaluate)
+    p = sub.add_parser("attacks", help="List the registered attacks and their config fields.")
+    p.set_defaults(func=_run_attacks)
+
+
+def _run_evaluate(args) -> int:
+    from .eval.harness import EvaluateJob, evaluate, table_row
+
+    attacks = args.attacks if args.command == "evaluate" else [args.attack]
+    job = EvaluateJob(
+        concept=args.concept,
+        output_dir=str(args.output_dir),
+        model=args.model,
+        adapter=str(args.adapter) if args.adapter else None,
+        attacks=attacks,
+        attack_overrides=list(args.overrides),
+        images_per_prompt=args.images_per_prompt,
+        seed=args.seed,
+        erase_metrics=args.command == "evaluate",
+        ban_concept_words=args.ban_concept_words,
+    )
+    results = evaluate(job)
+    print(table_row(results))
+    print(f"Results: {args.output_dir / 'results.json'}; report: {args.output_dir / 'report.md'}")
+    return 0
+
+
+def _run_attacks(args) -> int:
+    from .attacks import list_attacks
+    from .config import field_help
+
+    for entry in list_attacks():
+        print(f"{entry.name}: {entry.summary}")
+        for name, text in field_help(entry.config_class).items():
+            print(f"    {name}: {text}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="Every method x ShapesWorld concepts x attacks, one Table-1-shaped report.")
+    p.add_argument("--suite", default="shapesworld", help="Benchmark suite (only 'shapesworld').")
+    p.add_argument("--quick", action="store_true", help="A few steps of everything: checks the table runs.")
+    p.add_argument("--methods", nargs="*", default=[], help="Methods (default: every registered one).")
+    p.add_argument("--concepts", nargs="*", default=["star", "striped", "red"], help="ShapesWorld concepts.")
+    p.add_argument("--attacks", nargs="*", default=[], help="Attacks (default: every registered one).")
+    p.add_argument("--runs-dir", default="runs/bench", help="Run directories and cached cells (resumable).")
+    p.add_argument("--output", default="docs/results/shapesworld.md", help="Markdown table path.")
+    p.add_argument("--images-per-prompt", type=int, default=4)
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from .eval.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        suite=args.suite,
+        methods=args.methods,
+        concepts=args.concepts,
+        attacks=args.attacks,
+        runs_dir=args.runs_dir,
+        output=args.output,
+        quick=args.quick,
+        images_per_prompt=args.images_per_prompt,
+    )
+    print(f"Wrote {run_bench(config, 'darkminer ' + ' '.join(sys.argv[1:]))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darkminer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_erase(sub)
     _add_demo(sub)
     _add_methods(sub)
+    _add_evaluate(sub)
+    _add_bench(sub)
     _add_toy(sub)
     return parser
 
@@ -225,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         RunConflictError,
         NonFiniteLossError,
         ValueError,
+        NotImplementedError,
     ) as err:
         if os.environ.get("DARKMINER_DEBUG"):
             raise

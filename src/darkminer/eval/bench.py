@@ -1,0 +1,128 @@
+"""`darkminer bench --suite shapesworld`: every registered method x ShapesWorld concepts x the attacks, plus the
+original model's row, in the layout of the paper's Table 1. Resumable: a finished cell is read back, not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..attacks import list_attacks
+from ..erase import EraseJob, run_erase
+from ..methods import list_methods
+from .harness import EvaluateJob, evaluate, table_row
+
+# All but One needs a concept to turn each target into: a value of the same attribute.
+ALTERNATIVES = {
+    "star": "circle",
+    "cross": "square",
+    "triangle": "square",
+    "striped": "solid",
+    "red": "green",
+    "blue": "yellow",
+}
+# --quick: a few steps of everything, to check the whole table runs (numbers are not meaningful).
+QUICK_METHOD_OVERRIDES = {
+    "dark_miner": ["max_loops=2", "mining.steps=20", "circumvent.steps=30", "pool.size=8", "verify.pairs=2"],
+    "all_but_one": ["steps=40", "images=8"],
+}
+QUICK_ATTACK_OVERRIDES = ["cce.steps=10", "p4d.steps=5", "unlearn_diff.steps=5", "ring_a_bell.generations=3"]
+
+
+@dataclass
+class BenchConfig:
+    """What `darkminer bench` runs."""
+
+    suite: str = field(default="shapesworld", metadata={"help": "Only 'shapesworld' exists."})
+    methods: list[str] = field(default_factory=list, metadata={"help": "Methods (default: every registered one)."})
+    concepts: list[str] = field(default_factory=lambda: ["star", "striped", "red"], metadata={"help": "Concepts."})
+    attacks: list[str] = field(default_factory=list, metadata={"help": "Attacks (default: every registered one)."})
+    runs_dir: str = field(default="runs/bench", metadata={"help": "Where run directories and cell results go."})
+    output: str = field(default="docs/results/shapesworld.md", metadata={"help": "The Markdown table."})
+    quick: bool = field(default=False, metadata={"help": "A few steps of everything (smoke test)."})
+    images_per_prompt: int = field(default=4, metadata={"help": "Images per normal prompt."})
+    seed: int = field(default=0, metadata={"help": "Seed of evaluation and attacks."})
+    extra_method_overrides: dict[str, list[str]] = field(default_factory=dict, metadata={"help": "Per method."})
+    extra_attack_overrides: list[str] = field(default_factory=list, metadata={"help": "<attack>.<field>=value."})
+
+    def __post_init__(self):
+        if self.suite != "shapesworld":
+            raise ValueError(f"Unknown bench suite {self.suite!r}; only 'shapesworld' is implemented.")
+        self.methods = self.methods or [m.name for m in list_methods()]
+        self.attacks = self.attacks or [a.name for a in list_attacks()]
+
+
+def _cell(config: BenchConfig, method: str, concept: str) -> dict:
+    from ..demo import preset_path
+
+    cell_dir = Path(config.runs_dir) / ("quick" if config.quick else "full") / method / concept
+    results_path = cell_dir / "eval" / "results.json"
+    if results_path.exists():
+        return json.loads(results_path.read_text())
+    adapter = None
+    if method != "original":
+        overrides = [
+            *(QUICK_METHOD_OVERRIDES.get(method, []) if config.quick else []),
+            *config.extra_method_overrides.get(method, []),
+        ]
+        job = EraseJob(
+            model="shapesworld",
+            method=method,
+            concepts=[concept],
+            output_dir=str(cell_dir / "run"),
+            alternative=ALTERNATIVES.get(concept) if method == "all_but_one" else None,
+            config_file=str(preset_path(method, concept)),
+            overrides=overrides,
+            report=False,
+        )
+        run_erase(job)
+        adapter = str(cell_dir / "run")
+    attack_overrides = [*(QUICK_ATTACK_OVERRIDES if config.quick else []), *config.extra_attack_overrides]
+    return evaluate(
+        EvaluateJob(
+            concept=concept,
+            output_dir=str(cell_dir / "eval"),
+            adapter=adapter,
+            attacks=config.attacks,
+            attack_overrides=attack_overrides,
+            images_per_prompt=1 if config.quick else config.images_per_prompt,
+            seed=config.seed,
+        )
+    )
+
+
+def run_bench(config: BenchConfig, command: str) -> Path:
+    """Fill every cell (reusing finished ones) and write the Markdown table to `config.output`."""
+    start = time.perf_counter()
+    rows = {}
+    for method in ["original", *config.methods]:
+        for concept in config.concepts:
+            rows[(method, concept)] = table_row(_cell(config, method, concept))
+    lines = [
+        "# ShapesWorld benchmark (layout of the paper's Table 1)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}; this invocation took {time.perf_counter() - start:.0f} s (finished cells are "
+        f"reused). Seeds: evaluation {config.seed}; each method's preset seed.  ",
+        "Ratio/Score: share / mean score of images classified as the concept on held-out and implicit normal "
+        "prompts (ShapesWorld classifier). CLIP: CLIP-score on prompts without the concept; FID: classifier-feature "
+        "FID against renders of those prompts. ASR: share of adversarial outputs classified as the concept.",
+        "",
+    ]
+    for concept in config.concepts:
+        columns = list(next(iter(r for (m, c), r in rows.items() if c == concept)))
+        lines += [f"## {concept}", "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for method in ["original", *config.methods]:
+            row = rows[(method, concept)]
+            lines.append(f"| {method} | " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+        lines.append("")
+    out = Path(config.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out
