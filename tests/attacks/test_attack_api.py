@@ -24,7 +24,7 @@ from darkminer.attacks import (
     list_attacks,
     register_attack,
 )
-from darkminer.attacks.common import allowed_token_ids, project_to_tokens, remove_banned_words
+from darkminer.attacks.common import allowed_token_ids, images_for_prompts, project_to_tokens, remove_banned_words
 from darkminer.config import load_config
 from darkminer.testing import tiny_model
 
@@ -125,23 +125,25 @@ def test_cce_inverts_given_images(plain):
     assert result.embeddings.shape == (1, 2, 32) and len(result.loss_history[0]) == 3
 
 
-def test_images_are_checked(plain):
+def test_given_images_are_paired_with_prompts_or_pooled(plain):
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    paired = images_for_prompts(images, ["a", "b"], ["a", "b"])
+    assert [torch.equal(p, images[i * 2 : i * 2 + 2]) for i, p in enumerate(paired)] == [True, True]
+    assert len(images_for_prompts(images, ["a", "b", "c", "d"], ["a", "b"])) == 2  # cut by max_prompts
+    pooled = images_for_prompts(images[:3], ["a", "b"], ["a", "b"])
+    assert all(p is images[:3] or torch.equal(p, images[:3]) for p in pooled)
     config = P4DConfig(steps=1, num_tokens=2, eval_samples=2)
-    with pytest.raises(ValueError, match="multiple"):
-        P4D(config).run(
-            plain, concept="star", original=plain, prompts=["a star", "a cat"], images=torch.rand(3, 3, 32, 32)
-        )
+    result = P4D(config).run(plain, concept="star", original=plain, prompts=["a star", "a cat"], images=images[:3])
+    assert len(result.prompts) == 2
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        CCE(CCEConfig(steps=1)).run(plain, concept="star", images=torch.rand(2, 3, 32, 32) * 2 - 1)
+        CCE(CCEConfig(steps=1)).run(plain, concept="star", images=images * 2 - 1)
+    with pytest.raises(ValueError, match="shape"):
+        P4D(config).run(plain, concept="star", original=plain, images=images[:, :1])
 
 
-def test_warnings_for_missing_original_and_ignored_inputs(plain):
+def test_warnings_for_missing_original_and_stripped_prompts(plain):
     with pytest.warns(UserWarning, match="original"):
         P4D(P4DConfig(steps=1, num_tokens=2, eval_samples=2, generate_steps=1)).run(plain, concept="star")
-    with pytest.warns(UserWarning, match="images"):
-        RingABell(RingABellConfig(population=4, generations=1)).run(
-            plain, concept="star", images=torch.rand(1, 3, 8, 8)
-        )
     config = UnlearnDiffConfig(steps=1, num_tokens=2, eval_samples=2, banned_words=["star"])
     with pytest.warns(UserWarning, match="banned words removed"):
         result = UnlearnDiff(config).run(

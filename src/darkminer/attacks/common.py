@@ -83,7 +83,7 @@ def original_model(model: DiffusionModel, original: DiffusionModel | None) -> It
 
 
 def normal_prompts(prompts: Sequence[str] | None, concept: str, template: str, max_prompts: int) -> list[str]:
-    """The normal prompts to attack: `prompts` (at most `max_prompts`), or `template` filled with the concept."""
+    """The normal prompts to attack: `prompts` (the first `max_prompts`), or `template` filled with the concept."""
     if prompts is None:
         return [template.format(concept=concept)]
     if isinstance(prompts, str):
@@ -96,6 +96,41 @@ def normal_prompts(prompts: Sequence[str] | None, concept: str, template: str, m
             f"Attacking the first {max_prompts} of {len(prompts)} prompts (max_prompts={max_prompts}).", stacklevel=3
         )
     return prompts[:max_prompts]
+
+
+def images_for_prompts(
+    images: torch.Tensor | None, prompts: Sequence[str] | str | None, sources: list[str]
+) -> list[torch.Tensor] | None:
+    """Split given concept images among the prompts they came with.
+
+    With `N = k * P` rows for `P` given prompts, prompt `i` gets rows `[i * k, (i + 1) * k)`: an image per prompt,
+    as I2P pairs them. Any other `N` is one pool that every prompt draws from (e.g. a detector's top-scoring concept
+    images).
+
+    Args:
+        images (`torch.Tensor` of shape `(N, 3, H, W)` in [0, 1], *optional*): the images; `None` gives `None`.
+        prompts (`list[str]`, *optional*): the prompts as given to the attack.
+        sources (`list[str]`): the prompts attacked, from [`normal_prompts`] (the first ones of `prompts`).
+
+    Returns:
+        `list[torch.Tensor]` with one entry per attacked prompt, or `None`.
+    """
+    if images is None:
+        return None
+    check_images(images)
+    given = 1 if prompts is None or isinstance(prompts, str) else len(prompts)
+    if len(images) % given == 0:
+        return list(images.chunk(given))[: len(sources)]
+    return [images] * len(sources)
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Raise `ValueError` unless `images` is an `(N, 3, H, W)` tensor in [0, 1] with `N >= 1`."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"`images` must be a tensor of shape (N, 3, H, W) with N >= 1, got {shape}.")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError("`images` must be in [0, 1] (as `generate` returns them).")
 
 
 @torch.no_grad()
@@ -133,11 +168,7 @@ def encode_images(model: DiffusionModel, images: torch.Tensor) -> torch.Tensor:
     Raises:
         `ValueError`: on a wrong shape or values outside [0, 1].
     """
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"`images` must be a tensor of shape (N, 3, H, W) with N >= 1, got {shape}.")
-    if images.min() < 0 or images.max() > 1:
-        raise ValueError("`images` must be in [0, 1] (as `generate` returns them).")
+    check_images(images)
     return torch.cat([model.encode_images(chunk * 2 - 1, sample=False) for chunk in images.split(64)]).float()
 
 
@@ -145,23 +176,21 @@ def latents_per_prompt(
     model: DiffusionModel,
     original: DiffusionModel | None,
     prompts: list[str],
-    images: torch.Tensor | None,
+    images: list[torch.Tensor] | None,
     per_prompt: int,
     *,
     generator: torch.Generator,
     generate_steps: int,
     guidance_scale: float,
 ) -> list[torch.Tensor]:
-    """Clean latents for each prompt: of the given images, or of `per_prompt` images the original draws for it.
-
-    Given `images` of `N` rows, `N` must be a multiple of `len(prompts)`, and prompt `i` gets rows
-    `[i * N / P, (i + 1) * N / P)` (one image each: the i-th image goes with the i-th prompt).
+    """Clean latents for each prompt: of its images (from [`images_for_prompts`]), or of `per_prompt` images the
+    original model draws for it when `images` is `None`.
 
     Returns:
         `list[torch.Tensor]`: one `(k, C, h, w)` float32 tensor per prompt.
     """
     if images is None:
-        images = draw_images(
+        drawn = draw_images(
             model,
             original,
             prompts,
@@ -170,12 +199,12 @@ def latents_per_prompt(
             generate_steps=generate_steps,
             guidance_scale=guidance_scale,
         )
-    elif isinstance(images, torch.Tensor) and len(images) % len(prompts) != 0:
-        raise ValueError(
-            f"`images` has {len(images)} rows, not a multiple of the {len(prompts)} prompt(s); give k images per "
-            "prompt, prompt by prompt."
-        )
-    return list(encode_images(model, images).chunk(len(prompts)))
+        return list(encode_images(model, drawn).chunk(len(prompts)))
+    encoded: dict[int, torch.Tensor] = {}  # a shared pool is encoded once
+    for chunk in images:
+        if id(chunk) not in encoded:
+            encoded[id(chunk)] = encode_images(model, chunk)
+    return [encoded[id(chunk)] for chunk in images]
 
 
 def sample_noisy(

@@ -32,6 +32,7 @@ from .common import (
     check_template,
     check_vocabulary,
     decode,
+    images_for_prompts,
     latents_per_prompt,
     make_probe,
     normal_prompts,
@@ -144,8 +145,8 @@ class P4D:
             original ([`DiffusionModel`], *optional*):
                 The model before erasure; by default `model` with its adapters disabled.
             images (`torch.Tensor` of shape `(N, 3, H, W)` in [0, 1], *optional*):
-                Images for the normal prompts, `N / len(prompts)` per prompt in prompt order; drawn by the original
-                model when `None`.
+                Concept images: `k` per prompt in prompt order when `N = k * len(prompts)`, else one pool shared by
+                every prompt. When `None`, the original model draws `images_per_prompt` for each prompt.
             prompts (`list[str]`, *optional*):
                 Normal prompts (at most `max_prompts` are used).
             output_dir (`str` or `Path`, *optional*):
@@ -162,7 +163,7 @@ class P4D:
             model,
             original,
             sources,
-            images,
+            images_for_prompts(images, prompts, sources),
             cfg.images_per_prompt,
             generator=generator,
             generate_steps=cfg.generate_steps,

@@ -21,7 +21,6 @@ two templates, e.g. "a photo of a {concept} {x}" vs "a photo of a {x}" over a li
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,7 +141,7 @@ class RingABell:
             original ([`DiffusionModel`], *optional*):
                 When given, its text encoder is searched instead (Ring-A-Bell needs only the public encoder).
             images (`torch.Tensor`, *optional*):
-                Ignored (with a warning): Ring-A-Bell uses no images.
+                Unused: Ring-A-Bell needs no images (accepted so that every attack takes the same inputs).
             prompts (`list[str]`, *optional*):
                 Normal prompts (at most `max_prompts` are used); `prompt_template` if `None`.
             output_dir (`str` or `Path`, *optional*):
@@ -152,10 +151,6 @@ class RingABell:
             [`AttackResult`] with one adversarial prompt per normal prompt and its best loss per generation.
         """
         cfg = self.config
-        if images is not None:
-            warnings.warn(
-                "ring_a_bell: `images` is ignored; Ring-A-Bell searches the text encoder only.", stacklevel=2
-            )
         if cfg.num_tokens > model.max_length - 2:
             raise ValueError(
                 f"ring_a_bell.num_tokens={cfg.num_tokens} exceeds max_length - 2 = {model.max_length - 2}."

@@ -33,6 +33,7 @@ from .common import (
     check_template,
     check_vocabulary,
     decode,
+    images_for_prompts,
     latents_per_prompt,
     make_probe,
     normal_prompts,
@@ -140,7 +141,8 @@ class UnlearnDiff:
             original ([`DiffusionModel`], *optional*):
                 The model before erasure, to draw the attack images; by default `model` with adapters disabled.
             images (`torch.Tensor` of shape `(N, 3, H, W)` in [0, 1], *optional*):
-                Attack images, `N / len(prompts)` per prompt in prompt order; drawn by the original when `None`.
+                Concept images: `k` per prompt in prompt order when `N = k * len(prompts)`, else one pool shared by
+                every prompt. When `None`, the original model draws `images_per_prompt` for each prompt.
             prompts (`list[str]`, *optional*):
                 Normal prompts (at most `max_prompts` are used).
             output_dir (`str` or `Path`, *optional*):
@@ -162,21 +164,24 @@ class UnlearnDiff:
             model,
             original,
             sources,
-            images,
+            images_for_prompts(images, prompts, sources),
             cfg.images_per_prompt,
             generator=generator,
             generate_steps=cfg.generate_steps,
             guidance_scale=cfg.guidance_scale,
         )
         allowed = allowed_token_ids(model, cfg.vocabulary, cfg.banned_words)
+        kept = [remove_banned_words(prompt, cfg.banned_words) for prompt in sources]
+        changed = [(a, b) for a, b in zip(sources, kept, strict=True) if a != b]
+        if changed:
+            warnings.warn(
+                f"unlearn_diff: banned words removed from {len(changed)} normal prompt(s), e.g. {changed[0][0]!r} -> "
+                f"{changed[0][1]!r}; the adversarial tokens must carry the concept alone.",
+                stacklevel=2,
+            )
         found, history = [], []
-        for index, (prompt, x0) in enumerate(zip(sources, latents, strict=True)):
-            kept = remove_banned_words(prompt, cfg.banned_words)
-            if kept != prompt:
-                warnings.warn(
-                    f"unlearn_diff: banned words removed from the normal prompt {prompt!r} -> {kept!r}.", stacklevel=2
-                )
-            text, losses = self._attack_prompt(model, kept, x0, allowed, generator, index, len(sources))
+        for index, (prompt, x0) in enumerate(zip(kept, latents, strict=True)):
+            text, losses = self._attack_prompt(model, prompt, x0, allowed, generator, index, len(sources))
             found.append(text)
             history.append(losses)
 

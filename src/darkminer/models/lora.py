@@ -426,8 +426,12 @@ def disable_lora(unet: nn.Module) -> Iterator[nn.Module]:
     if not layers or all(layer.disable_adapters for layer in layers):
         yield unet
         return
+    # peft's enable_adapters() marks every LoRA weight trainable again; restore the caller's flags instead.
+    flags = [(p, p.requires_grad) for n, p in unet.named_parameters() if "lora_" in n]
     unet.disable_adapters()
     try:
         yield unet
     finally:
         unet.enable_adapters()
+        for param, flag in flags:
+            param.requires_grad_(flag)
