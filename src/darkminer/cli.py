@@ -211,6 +211,7 @@ def _add_evaluate(sub) -> None:
         p.add_argument("--output-dir", type=Path, required=True, help="Where results.json, report.md, grids go.")
         p.add_argument("--images-per-prompt", type=int, default=4, help="Images per normal prompt (paper: 10).")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--sampling-steps", type=int, default=25, help="DDIM steps of every generated image.")
         p.add_argument(
             "--ban-concept-words",
             action="store_true",
@@ -241,6 +242,7 @@ def _run_evaluate(args) -> int:
         seed=args.seed,
         erase_metrics=args.command == "evaluate",
         ban_concept_words=args.ban_concept_words,
+        sampling_steps=args.sampling_steps,
     )
     results = evaluate(job)
     print(table_row(results))

@@ -39,6 +39,7 @@ class BenchConfig:
     """What `darkminer bench` runs."""
 
     suite: str = field(default="shapesworld", metadata={"help": "Only 'shapesworld' exists."})
+    model: str = field(default="shapesworld", metadata={"help": "The ShapesWorld model (or a retrained directory)."})
     methods: list[str] = field(default_factory=list, metadata={"help": "Methods (default: every registered one)."})
     concepts: list[str] = field(default_factory=lambda: ["star", "striped", "red"], metadata={"help": "Concepts."})
     attacks: list[str] = field(default_factory=list, metadata={"help": "Attacks (default: every registered one)."})
@@ -47,6 +48,7 @@ class BenchConfig:
     quick: bool = field(default=False, metadata={"help": "A few steps of everything (smoke test)."})
     images_per_prompt: int = field(default=4, metadata={"help": "Images per normal prompt."})
     seed: int = field(default=0, metadata={"help": "Seed of evaluation and attacks."})
+    sampling_steps: int = field(default=25, metadata={"help": "DDIM steps of every evaluation image."})
     extra_method_overrides: dict[str, list[str]] = field(default_factory=dict, metadata={"help": "Per method."})
     extra_attack_overrides: list[str] = field(default_factory=list, metadata={"help": "<attack>.<field>=value."})
 
@@ -71,7 +73,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
             *config.extra_method_overrides.get(method, []),
         ]
         job = EraseJob(
-            model="shapesworld",
+            model=config.model,
             method=method,
             concepts=[concept],
             output_dir=str(cell_dir / "run"),
@@ -87,11 +89,13 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
         EvaluateJob(
             concept=concept,
             output_dir=str(cell_dir / "eval"),
+            model=config.model,
             adapter=adapter,
             attacks=config.attacks,
             attack_overrides=attack_overrides,
             images_per_prompt=1 if config.quick else config.images_per_prompt,
             seed=config.seed,
+            sampling_steps=config.sampling_steps,
         )
     )
 

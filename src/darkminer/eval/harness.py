@@ -45,6 +45,7 @@ class EvaluateJob:
     attack_overrides: list[str] = field(default_factory=list, metadata={"help": "'<attack>.<field>=value' overrides."})
     images_per_prompt: int = field(default=4, metadata={"help": "Images per normal prompt (paper: 10)."})
     seed: int = field(default=0, metadata={"help": "Seed of every generation."})
+    sampling_steps: int = field(default=25, metadata={"help": "DDIM steps of every generated image."})
     erase_metrics: bool = field(default=True, metadata={"help": "Measure Ratio/Score/CLIP/FID (False: attacks only)."})
     ban_concept_words: bool = field(
         default=False,
@@ -70,18 +71,27 @@ def _attack_config(name: str, overrides: list[str], extra: list[str]):
     return load_config(get_attack(name).config_class, None, [*extra, *mine])
 
 
-def _generate(model, prompts: list[str], per_prompt: int, seed: int, batch: int = 128) -> torch.Tensor:
+def _generate(
+    model, prompts: list[str], per_prompt: int, seed: int, steps: int = 25, batch: int = 128
+) -> torch.Tensor:
     step = max(1, batch // per_prompt)
     return torch.cat(
         [
-            model.generate(prompts[i : i + step], num_images_per_prompt=per_prompt, seed=seed + i)
+            model.generate(
+                prompts[i : i + step], num_images_per_prompt=per_prompt, seed=seed + i, num_inference_steps=steps
+            )
             for i in range(0, len(prompts), step)
         ]
     )
 
 
-def _generate_cond(model, cond: torch.Tensor, seed: int, batch: int = 128) -> torch.Tensor:
-    return torch.cat([model.generate(cond=cond[i : i + batch], seed=seed + i) for i in range(0, len(cond), batch)])
+def _generate_cond(model, cond: torch.Tensor, seed: int, steps: int = 25, batch: int = 128) -> torch.Tensor:
+    return torch.cat(
+        [
+            model.generate(cond=cond[i : i + batch], seed=seed + i, num_inference_steps=steps)
+            for i in range(0, len(cond), batch)
+        ]
+    )
 
 
 class _World:
@@ -114,10 +124,11 @@ class _World:
             return ["stripe", "striped", "stripes"]
         return sorted({"shape": SHAPE_WORDS, "colour": COLOUR_WORDS}[concept.attribute][concept.name])
 
-    def concept_images(self, model: DiffusionModel, count: int, seed: int) -> torch.Tensor:
+    def concept_images(self, model: DiffusionModel, count: int, seed: int, steps: int = 25) -> torch.Tensor:
         """The original model's highest-scoring images for the concept's prompts (CCE's inversion data)."""
         with disable_lora(model.unet):
-            images = _generate(model, self.attack_sources, max(1, 2 * count // len(self.attack_sources)), seed)
+            per_prompt = max(1, 2 * count // len(self.attack_sources))
+            images = _generate(model, self.attack_sources, per_prompt, seed, steps)
         order = self.detector(images).scores.argsort(descending=True)
         return images[order[:count]]
 
@@ -145,12 +156,12 @@ def evaluate(job: EvaluateJob) -> dict:
     grids = []
     start = time.perf_counter()
     if job.erase_metrics:
-        images = _generate(model, world.normal, job.images_per_prompt, job.seed)
+        images = _generate(model, world.normal, job.images_per_prompt, job.seed, job.sampling_steps)
         verdict = world.detector(images)
         results.update(erasure_figures(verdict.scores, verdict.decisions, world.detector.kind))
         grids.append(("normal prompts", images[:: job.images_per_prompt][:16]))
         texts = [p.text for p in world.preserve]
-        kept = _generate(model, texts, job.images_per_prompt, job.seed + 1)
+        kept = _generate(model, texts, job.images_per_prompt, job.seed + 1, job.sampling_steps)
         repeated = [t for t in texts for _ in range(job.images_per_prompt)]
         if model.clip is not None:
             results["clip_score"] = clip_score(image_features(model, kept), text_features(model, repeated))
@@ -166,11 +177,11 @@ def evaluate(job: EvaluateJob) -> dict:
             model,
             concept=job.concept,
             prompts=world.attack_sources,
-            images=world.concept_images(model, 32, job.seed + 4),
+            images=world.concept_images(model, 32, job.seed + 4, job.sampling_steps),
             output_dir=out / name,
         )
         result.save(out / name)
-        adversarial = _generate_cond(model, result.conditionings(model), job.seed + 3)
+        adversarial = _generate_cond(model, result.conditionings(model), job.seed + 3, job.sampling_steps)
         decisions = world.detector(adversarial).decisions
         results["attacks"][name] = {
             "asr": attack_success_rate(decisions),

@@ -1,0 +1,122 @@
+"""The evaluation harness and the bench, end to end on a ShapesWorld model trained for a few steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from darkminer.cli import main
+from darkminer.eval.bench import BenchConfig, run_bench
+from darkminer.eval.harness import EvaluateJob, evaluate
+
+TINY_ATTACKS = [
+    "cce.steps=3",
+    "cce.num_images=2",
+    "p4d.steps=2",
+    "unlearn_diff.steps=2",
+    "ring_a_bell.generations=2",
+    "ring_a_bell.population=8",
+]
+
+
+@pytest.fixture(scope="module")
+def quick_world(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("world") / "shapesworld"
+    assert main(["toy", "train", "--quick", "--output-dir", str(directory)]) == 0
+    return directory
+
+
+def test_evaluate_writes_a_table_row(quick_world, tmp_path):
+    results = evaluate(
+        EvaluateJob(
+            concept="star",
+            output_dir=str(tmp_path / "ev"),
+            model=str(quick_world),
+            attacks=["ring_a_bell", "cce"],
+            attack_overrides=TINY_ATTACKS,
+            images_per_prompt=1,
+            sampling_steps=2,
+        )
+    )
+    for key in ("ratio", "score", "clip_score", "fid"):
+        assert 0 <= results[key] < float("inf")
+    assert set(results["attacks"]) == {"ring_a_bell", "cce"}
+    assert all(0 <= a["asr"] <= 1 for a in results["attacks"].values())
+    assert results["detector"]["name"] == "shapesworld" and results["detector"]["weights"]
+    saved = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert saved["ratio"] == results["ratio"]
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "Ratio %" in report and "ASR cce %" in report and (tmp_path / "ev" / "grids.png").exists()
+
+
+def test_attack_command_with_banned_words(quick_world, tmp_path):
+    out = tmp_path / "attack"
+    code = main(
+        [
+            "attack",
+            "--model",
+            str(quick_world),
+            "--concept",
+            "star",
+            "--attack",
+            "p4d",
+            "--output-dir",
+            str(out),
+            "--sampling-steps",
+            "2",
+            "--images-per-prompt",
+            "1",
+            "--ban-concept-words",
+            *TINY_ATTACKS,
+        ]
+    )
+    assert code == 0
+    prompts = json.loads((out / "p4d" / "prompts.json").read_text())["prompts"]
+    assert prompts and not any(w in p.split() for p in prompts for w in ("star", "pentagram"))
+
+
+def test_evaluate_refuses_unknown_attack(quick_world, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(quick_world),
+                "--concept",
+                "star",
+                "--output-dir",
+                str(tmp_path),
+                "--attacks",
+                "nope",
+                "--sampling-steps",
+                "2",
+            ]
+        )
+        == 2
+    )
+    assert "registered attacks" in capsys.readouterr().err
+
+
+def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path):
+    config = BenchConfig(
+        model=str(quick_world),
+        methods=["dark_miner"],
+        concepts=["star"],
+        attacks=["ring_a_bell"],
+        runs_dir=str(tmp_path / "runs"),
+        output=str(tmp_path / "table.md"),
+        quick=True,
+        extra_method_overrides={
+            "dark_miner": ["max_loops=1", "mining.steps=2", "circumvent.steps=2", "pool.size=2", "generate_steps=2"]
+        },
+        extra_attack_overrides=["ring_a_bell.population=8"],
+        sampling_steps=2,
+    )
+    table = run_bench(config, "test").read_text()
+    assert "| original |" in table and "| dark_miner |" in table and "ASR ring_a_bell %" in table
+    cells = sorted(p.parents[2].name for p in (tmp_path / "runs").rglob("results.json"))
+    assert cells == ["dark_miner", "original"]
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
+    run_bench(config, "test")
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
