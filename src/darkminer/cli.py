@@ -271,6 +271,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--runs-dir", default="runs/bench", help="Run directories and cached cells (resumable).")
     p.add_argument("--output", default="docs/results/shapesworld.md", help="Markdown table path.")
     p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument("overrides", nargs="*", help="Attack overrides as <attack>.<field>=value, e.g. p4d.steps=50.")
     p.set_defaults(func=_run_bench)
 
 
@@ -286,6 +287,7 @@ def _run_bench(args) -> int:
         output=args.output,
         quick=args.quick,
         images_per_prompt=args.images_per_prompt,
+        extra_attack_overrides=list(args.overrides),
     )
     print(f"Wrote {run_bench(config, 'darkminer ' + ' '.join(sys.argv[1:]))}")
     return 0
