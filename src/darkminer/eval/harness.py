@@ -7,7 +7,7 @@
 - Attack: each attack searches adversarial prompts or embeddings against the model as given (adapter active);
   one image per adversarial output; ASR = share classified as the concept.
 
-ShapesWorld supplies its own prompts and detector. Other models need them from the user (`EvaluateJob` fields).
+ShapesWorld supplies its own prompts and detector; other models are refused with an error saying so (not wired yet).
 """
 
 from __future__ import annotations
@@ -54,10 +54,6 @@ class EvaluateJob:
             "adversarial prompts (the sanity check against the original model)."
         },
     )
-    prompts_file: str | None = field(
-        default=None, metadata={"help": "Normal prompts, one per line (non-ShapesWorld)."}
-    )
-    captions_file: str | None = field(default=None, metadata={"help": "Preservation captions (non-ShapesWorld)."})
 
     def __post_init__(self):
         if self.images_per_prompt < 1:
@@ -111,8 +107,9 @@ class _World:
             self.banned = self._concept_words(concept)
         else:
             raise NotImplementedError(
-                "darkminer evaluate measures ShapesWorld models today; for other models it needs a detector "
-                "(NudeNet, Q16, CLIP zero-shot) wired to --prompts-file/--captions-file, which is not implemented yet."
+                f"darkminer evaluate measures ShapesWorld models only so far; {model.name!r} is not one. The "
+                "detectors for real SD models (darkminer.metrics: NudeNet, Q16, CLIP zero-shot) exist but"
+                " are not yet wired to user prompt files in this command."
             )
 
     @staticmethod
