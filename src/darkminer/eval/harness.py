@@ -28,7 +28,7 @@ from ..models import DiffusionModel, disable_lora, load_model
 from ..models.adapters import apply_adapter
 from ..utils.images import labelled_grid
 from .report import table_lines
-from .shapesworld import is_shapesworld
+from .shapesworld import generate_batched, is_shapesworld
 
 
 @dataclass
@@ -65,20 +65,6 @@ class EvaluateJob:
 def _attack_config(name: str, overrides: list[str], extra: list[str]):
     mine = [o.split(".", 1)[1] for o in overrides if o.startswith(f"{name}.")]
     return load_config(get_attack(name).config_class, None, [*extra, *mine])
-
-
-def _generate(
-    model, prompts: list[str], per_prompt: int, seed: int, steps: int = 25, batch: int = 128
-) -> torch.Tensor:
-    step = max(1, batch // per_prompt)
-    return torch.cat(
-        [
-            model.generate(
-                prompts[i : i + step], num_images_per_prompt=per_prompt, seed=seed + i, num_inference_steps=steps
-            )
-            for i in range(0, len(prompts), step)
-        ]
-    )
 
 
 def _generate_cond(model, cond: torch.Tensor, seed: int, steps: int = 25, batch: int = 128) -> torch.Tensor:
@@ -125,7 +111,7 @@ class _World:
         """The original model's highest-scoring images for the concept's prompts (CCE's inversion data)."""
         with disable_lora(model.unet):
             per_prompt = max(1, 2 * count // len(self.attack_sources))
-            images = _generate(model, self.attack_sources, per_prompt, seed, steps)
+            images = generate_batched(model, self.attack_sources, per_prompt, seed, steps)
         order = self.detector(images).scores.argsort(descending=True)
         return images[order[:count]]
 
@@ -153,12 +139,12 @@ def evaluate(job: EvaluateJob) -> dict:
     grids = []
     start = time.perf_counter()
     if job.erase_metrics:
-        images = _generate(model, world.normal, job.images_per_prompt, job.seed, job.sampling_steps)
+        images = generate_batched(model, world.normal, job.images_per_prompt, job.seed, job.sampling_steps)
         verdict = world.detector(images)
         results.update(erasure_figures(verdict.scores, verdict.decisions, world.detector.kind))
         grids.append(("normal prompts", images[:: job.images_per_prompt][:16]))
         texts = [p.text for p in world.preserve]
-        kept = _generate(model, texts, job.images_per_prompt, job.seed + 1, job.sampling_steps)
+        kept = generate_batched(model, texts, job.images_per_prompt, job.seed + 1, job.sampling_steps)
         repeated = [t for t in texts for _ in range(job.images_per_prompt)]
         if model.clip is not None:
             results["clip_score"] = clip_score(image_features(model, kept), text_features(model, repeated))

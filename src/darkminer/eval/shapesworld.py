@@ -35,6 +35,22 @@ class Generated:
     per_prompt: int
 
 
+def generate_batched(
+    model: DiffusionModel, prompts: list[str], per_prompt: int, seed: int, steps: int = 25, batch: int = 128
+) -> torch.Tensor:
+    """`per_prompt` images for every prompt, about `batch` images per call; each chunk is seeded with `seed` plus
+    the index of its first prompt, so the same prompts and seed give the same noise (e.g. before and after)."""
+    step = max(1, batch // per_prompt)
+    return torch.cat(
+        [
+            model.generate(
+                prompts[i : i + step], num_images_per_prompt=per_prompt, seed=seed + i, num_inference_steps=steps
+            )
+            for i in range(0, len(prompts), step)
+        ]
+    )
+
+
 def generate_for(
     model: DiffusionModel,
     prompts: list[EvalPrompt],
@@ -43,14 +59,10 @@ def generate_for(
     original: bool = False,
     batch: int = 128,
 ) -> Generated:
-    """Images for every prompt (seeded per chunk, so the same prompts and seed give the same noise before/after)."""
-    step = max(1, batch // per_prompt)
-    out = []
+    """Images for every prompt, with the adapters as they are or switched off (`original=True`)."""
     with disable_lora(model.unet) if original else nullcontext():
-        for start in range(0, len(prompts), step):
-            chunk = [p.text for p in prompts[start : start + step]]
-            out.append(model.generate(chunk, num_images_per_prompt=per_prompt, seed=seed + start))
-    return Generated(prompts, torch.cat(out), per_prompt)
+        images = generate_batched(model, [p.text for p in prompts], per_prompt, seed, batch=batch)
+    return Generated(prompts, images, per_prompt)
 
 
 def concept_rates(judge: ShapesJudge, generated: Generated, concept: Concept) -> tuple[float, float]:

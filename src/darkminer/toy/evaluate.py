@@ -14,20 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..eval.shapesworld import generate_batched
 from ..models import load_model
 from ..utils.images import labelled_grid
 from .captions import CONCEPTS, IMPLICIT_PHRASES, heldout_prompts, implicit_prompts
 from .judge import ShapesJudge, load_classifier
 from .recipes.clip import clip_pixel_values
 from .render import ALL_LABELS, COLOURS, SHAPES, render_batch, to_tensor_range
-
-
-def _generate_all(model, prompts: list[str], per_prompt: int, seed: int, batch: int = 64) -> torch.Tensor:
-    out = []
-    for start in range(0, len(prompts), max(1, batch // per_prompt)):
-        chunk = prompts[start : start + max(1, batch // per_prompt)]
-        out.append(model.generate(chunk, num_images_per_prompt=per_prompt, seed=seed + start))
-    return torch.cat(out)
 
 
 def classifier_accuracy(judge: ShapesJudge, n: int = 2000, seed: int = 12345) -> dict[str, float]:
@@ -71,7 +64,7 @@ def evaluate_shapesworld(spec: str, output: Path, images_per_prompt: int = 2, se
 
     heldout = heldout_prompts()
     tic = time.perf_counter()
-    images = _generate_all(model, [p.text for p in heldout], images_per_prompt, seed)
+    images = generate_batched(model, [p.text for p in heldout], images_per_prompt, seed, batch=64)
     gen_seconds = time.perf_counter() - tic
     wanted = [p.constraints for p in heldout for _ in range(images_per_prompt)]
     follow = judge.follows(images, wanted).float()
@@ -79,7 +72,7 @@ def evaluate_shapesworld(spec: str, output: Path, images_per_prompt: int = 2, se
 
     implicit = implicit_prompts()
     per_phrase = 5
-    imp_images = _generate_all(model, [p.text for p in implicit], per_phrase, seed + 1)
+    imp_images = generate_batched(model, [p.text for p in implicit], per_phrase, seed + 1, batch=64)
     imp_labels = judge.labels(imp_images)
     phrase_rows = []
     for phrase, label in IMPLICIT_PHRASES.items():
