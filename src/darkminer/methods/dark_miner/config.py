@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 _SPACES = ("token", "conditioning")
-_INITS = ("prompt", "random")
+_INITS = ("prompt", "random", "concept_prompts")
 _OPTIMIZERS = ("sgd", "adam")
 _TARGETS = ("all", "cross", "self")
 
@@ -51,7 +51,17 @@ class MiningConfig:
         },
     )
     length: int = field(default=16, metadata={"help": "Number of embedding vectors L (A1; App. F Table S4)."})
-    init: str = field(default="prompt", metadata={"help": "'prompt': tokens of the pool prompt; 'random' (A2)."})
+    init: str = field(
+        default="prompt",
+        metadata={
+            "help": "'prompt': tokens of the pool prompt; 'random'; 'concept_prompts': tokens of a prompt drawn per "
+            "loop from the concept's texts (`prompt_file`, or ShapesWorld's training prompts) (A2)."
+        },
+    )
+    prompt_file: str | None = field(
+        default=None,
+        metadata={"help": "Texts about the concept, one per line, for init='concept_prompts' (App. B's text sets)."},
+    )
     images_per_loop: int = field(default=3, metadata={"help": "k: pool images drawn per mining stage (App. A)."})
     steps: int = field(default=1000, metadata={"help": "Optimisation steps per loop (App. A)."})
     lr: float = field(default=0.1, metadata={"help": "Learning rate (App. A)."})

@@ -37,6 +37,7 @@ from ...models.adapters import ERASURE_CONFIG_NAME
 from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
 from ..base import ErasureRequest, ErasureResult
 from ..pool import load_image_pool
+from ..prompts import fill, prompt_templates
 from .config import DarkMinerConfig
 
 
@@ -80,6 +81,9 @@ class DarkMiner:
     def _initial_embedding(self, model: DiffusionModel, concept: str, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config.mining
         prompt = self.config.pool.prompt.format(concept=concept)
+        if cfg.init == "concept_prompts":
+            templates = prompt_templates(model, concept, cfg.prompt_file)
+            prompt = fill(templates[int(torch.randint(0, len(templates), (), generator=generator))], concept)
         with torch.no_grad():
             if cfg.embedding_space == "token":
                 start = model.prompt_token_embeddings(prompt, cfg.length)
