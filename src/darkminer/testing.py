@@ -195,6 +195,29 @@ TINY_METHOD_OVERRIDES: dict[str, list[str]] = {
         "max_loops=2",
     ],
     "all_but_one": ["images=4", "steps=6", "batch_size=2", "generate_steps=2", "checkpoint_every=3", "lr=0.01"],
+    "esd": ["steps=6", "batch_size=2", "ddim_steps=4", "checkpoint_every=3", "lr=0.01"],
+    "ca": [
+        "anchor=circle",
+        "images=4",
+        "steps=6",
+        "batch_size=2",
+        "generate_steps=2",
+        "checkpoint_every=3",
+        "lr=0.01",
+    ],
+    "uce": ["preserve=[circle]"],
+    "fmn": ["images_per_prompt=4", "steps=6", "batch_size=2", "generate_steps=2", "checkpoint_every=3", "lr=0.01"],
+    "sld": ["sld_warmup_steps=0"],
+    "salun": [
+        "random_labels=[circle]",
+        "images=4",
+        "retain_images=4",
+        "steps=6",
+        "batch_size=2",
+        "generate_steps=2",
+        "checkpoint_every=3",
+        "lr=0.01",
+    ],
 }
 """Dotted overrides that make each registered method run in about a second on [`tiny_model`] (tests, smoke runs).
 Dark Miner's tau of -1 makes every mined embedding pass verification, so every loop circumvents."""

@@ -14,6 +14,7 @@ from darkminer.models import (
     DiffusionModel,
     LoraLoadError,
     add_lora,
+    add_lora_from_deltas,
     attention_value_modules,
     disable_lora,
     load_lora,
@@ -178,3 +179,78 @@ def test_disable_lora_gives_base_output(adapted: DiffusionModel, probe) -> None:
     torch.testing.assert_close(_predict(adapted, probe), expected, atol=0, rtol=0)  # re-enabled after an error
     with disable_lora(tiny_model(seed=0).unet):  # no adapter: nothing to do
         pass
+
+
+def _cross_attention_deltas(model: DiffusionModel, seed: int = 0, rank: int | None = None) -> dict[str, torch.Tensor]:
+    """Random dense deltas (of rank `rank` if given) for every cross-attention key and value projection."""
+    generator = torch.Generator().manual_seed(seed)
+    deltas = {}
+    for name, module in model.unet.named_modules():
+        if name.endswith(("attn2.to_k", "attn2.to_v")):
+            out, inp = module.weight.shape
+            inner = rank or min(out, inp)
+            deltas[name] = torch.randn(out, inner, generator=generator) @ torch.randn(inner, inp, generator=generator)
+    return {name: delta * 0.1 / delta.std() for name, delta in deltas.items()}
+
+
+def _dense_edit(model: DiffusionModel, deltas: dict[str, torch.Tensor]) -> DiffusionModel:
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            model.unet.get_submodule(name).weight.add_(delta)
+    return model
+
+
+def test_lora_from_deltas_equals_the_dense_edit(model: DiffusionModel, probe, tmp_path: Path) -> None:
+    deltas = _cross_attention_deltas(model)
+    config = add_lora_from_deltas(model.unet, deltas)
+    assert sorted(config.target_modules) == sorted(deltas)
+    ranks = {name: model.unet.get_submodule(name).r["default"] for name in deltas}
+    assert ranks == {name: min(delta.shape) for name, delta in deltas.items()}
+    assert len(set(ranks.values())) > 1  # (16, 32) and (32, 32) projections: per-module ranks
+    for name, delta in deltas.items():
+        layer = model.unet.get_submodule(name)
+        update = layer.lora_B["default"].weight @ layer.lora_A["default"].weight * layer.scaling["default"]
+        torch.testing.assert_close(update, delta, atol=1e-6, rtol=0)
+    expected = _predict(_dense_edit(tiny_model(seed=0), deltas), probe)
+    torch.testing.assert_close(_predict(model, probe), expected, atol=1e-5, rtol=0)
+
+    fresh = tiny_model(seed=0)
+    load_lora(fresh, save_lora(model.unet, tmp_path / "adapter"))
+    torch.testing.assert_close(_predict(fresh, probe), _predict(model, probe), atol=0, rtol=0)
+
+
+def test_lora_from_deltas_loads_in_plain_diffusers(tiny_dir: Path, probe, tmp_path: Path) -> None:
+    model = load_model(tiny_dir)
+    deltas = _cross_attention_deltas(model, seed=1)
+    add_lora_from_deltas(model.unet, deltas)
+    directory = save_lora(model.unet, tmp_path / "adapter")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(directory)
+    latents, timesteps, cond = probe
+    with torch.no_grad():
+        theirs = pipe.unet(latents, timesteps, encoder_hidden_states=cond).sample
+    torch.testing.assert_close(theirs, _predict(_dense_edit(load_model(tiny_dir), deltas), probe), atol=1e-5, rtol=0)
+
+
+def test_lora_from_deltas_truncates_to_max_rank(model: DiffusionModel, probe) -> None:
+    deltas = _cross_attention_deltas(model, seed=2, rank=3)
+    config = add_lora_from_deltas(model.unet, deltas, max_rank=3)
+    assert config.r == 3 and not config.rank_pattern
+    expected = _predict(_dense_edit(tiny_model(seed=0), deltas), probe)  # rank-3 deltas: the cut loses nothing
+    torch.testing.assert_close(_predict(model, probe), expected, atol=1e-5, rtol=0)
+
+
+def test_lora_from_deltas_rejects_bad_deltas(model: DiffusionModel) -> None:
+    name = next(iter(_cross_attention_deltas(model)))
+    weight = model.unet.get_submodule(name).weight
+    with pytest.raises(ValueError, match="empty"):
+        add_lora_from_deltas(model.unet, {})
+    with pytest.raises(ValueError, match="not a Linear module"):
+        add_lora_from_deltas(model.unet, {"conv_in": torch.zeros(1, 1)})
+    with pytest.raises(ValueError, match="shape"):
+        add_lora_from_deltas(model.unet, {name: torch.zeros(weight.shape[1], weight.shape[0] + 1)})
+    with pytest.raises(ValueError, match="NaN"):
+        add_lora_from_deltas(model.unet, {name: torch.full(weight.shape, float("nan"))})
+    with pytest.raises(ValueError, match="max_rank"):
+        add_lora_from_deltas(model.unet, {name: torch.zeros(weight.shape)}, max_rank=0)
+    assert not has_lora(model.unet)

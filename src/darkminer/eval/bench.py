@@ -30,6 +30,12 @@ ALTERNATIVES = {
 QUICK_METHOD_OVERRIDES = {
     "dark_miner": ["max_loops=2", "mining.steps=20", "circumvent.steps=30", "pool.size=8", "verify.pairs=2"],
     "all_but_one": ["steps=40", "images=8"],
+    "esd": ["steps=20"],
+    "ca": ["steps=20", "images=20"],
+    "uce": [],  # closed form: seconds already
+    "fmn": ["steps=20", "images_per_prompt=1"],
+    "sld": [],  # nothing is trained
+    "salun": ["steps=20", "images=20", "retain_images=20"],
 }
 QUICK_ATTACK_OVERRIDES = ["cce.steps=10", "p4d.steps=5", "unlearn_diff.steps=5", "ring_a_bell.generations=3"]
 

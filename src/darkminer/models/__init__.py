@@ -4,6 +4,7 @@ from darkminer.models.errors import LoraLoadError, ModelLoadError
 from darkminer.models.loading import load_model
 from darkminer.models.lora import (
     add_lora,
+    add_lora_from_deltas,
     attention_value_modules,
     disable_lora,
     load_lora,
@@ -18,6 +19,7 @@ __all__ = [
     "LoraLoadError",
     "ModelLoadError",
     "add_lora",
+    "add_lora_from_deltas",
     "attention_value_modules",
     "disable_lora",
     "load_lora",

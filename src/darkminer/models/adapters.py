@@ -1,4 +1,8 @@
-"""Apply what `darkminer erase` wrote to a loaded model, whatever form the method saved it in."""
+"""Apply what `darkminer erase` wrote to a loaded model, whatever form the method saved it in.
+
+Two forms exist: a LoRA adapter (`pytorch_lora_weights.safetensors`), and, for SLD, inference-time safety guidance
+recorded under `safe_guidance` in `erasure_config.json` with no weights at all.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,22 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 from .lora import LORA_WEIGHTS_NAME, load_lora
+from .safe_guidance import SafeGuidance, attach_safe_guidance
 from .wrapper import DiffusionModel
 
 ERASURE_CONFIG_NAME = "erasure_config.json"
+SAFE_GUIDANCE_KEY = "safe_guidance"
+"""Key of `erasure_config.json` holding SLD's settings (a [`SafeGuidance`]); a run with it has no LoRA file."""
 
 
 def apply_adapter(model: DiffusionModel, directory: str | Path) -> dict:
     """Load an erasure adapter into `model` (in place) and return its `erasure_config.json` (empty if absent).
 
+    A LoRA adapter is loaded into the UNet; an SLD run's settings are attached as `model.safe_guidance`, so that
+    `model.generate` samples under SLD.
+
     Raises:
-        ModelLoadError: the directory holds no adapter, or one made for a different base model.
+        ModelLoadError: the directory holds no adapter, one made for a different base model, or invalid SLD settings.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -30,6 +40,12 @@ def apply_adapter(model: DiffusionModel, directory: str | Path) -> dict:
                 f"The adapter in {directory} was made for base model {base!r}, not {model.name!r}; "
                 f"pass --model {base}."
             )
+    if SAFE_GUIDANCE_KEY in record:
+        try:
+            attach_safe_guidance(model, SafeGuidance(**record[SAFE_GUIDANCE_KEY]))
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(f"Cannot apply the SLD settings in {directory / ERASURE_CONFIG_NAME}: {err}") from err
+        return record
     if not (directory / LORA_WEIGHTS_NAME).is_file():
         raise ModelLoadError(
             f"{directory} holds no {LORA_WEIGHTS_NAME}; pass the output directory of `darkminer erase`."

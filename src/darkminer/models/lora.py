@@ -20,7 +20,8 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,6 +44,7 @@ __all__ = [
     "ADAPTER_CONFIG_NAME",
     "LORA_WEIGHTS_NAME",
     "add_lora",
+    "add_lora_from_deltas",
     "attention_value_modules",
     "disable_lora",
     "has_lora",
@@ -157,6 +159,85 @@ def add_lora(
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True)
     _inject(unet, config, adapter_name)
+    return config
+
+
+def add_lora_from_deltas(
+    unet: nn.Module,
+    deltas: Mapping[str, torch.Tensor],
+    max_rank: int | None = None,
+    adapter_name: str = "default",
+) -> LoraConfig:
+    r"""Add a LoRA adapter whose update of each named Linear module is a given dense weight delta.
+
+    For methods that compute a weight edit $W \to W + \Delta$ instead of training LoRA (UCE's closed form, SalUn's
+    masked fine-tuning), so that the edit is saved and loaded like any other adapter, in plain diffusers too. Each
+    delta is factored by SVD, $\Delta = U S V^\top$, into $B = U_r S_r^{1/2}$ and $A = S_r^{1/2} V_r^\top$ with
+    $\alpha = r$, so the LoRA update $\frac{\alpha}{r} B A$ equals $\Delta$ (up to float32 rounding) when the
+    rank $r$ is `min(out, in)`. Ranks may differ per module; they are recorded in the config's `rank_pattern` and
+    `alpha_pattern`, which `save_lora` writes and diffusers' `load_lora_weights` reads.
+
+    Args:
+        unet (`UNet2DConditionModel`):
+            The UNet, modified in place; the new adapter is the active one.
+        deltas (`Mapping[str, torch.Tensor]`):
+            Full module name (as in `unet.named_modules()`) -> delta of shape `(out_features, in_features)` of
+            that `nn.Linear` module's weight.
+        max_rank (`int`, *optional*):
+            Keep at most this many singular directions per module (the best rank-`max_rank` approximation of each
+            delta); by default every module gets rank `min(out, in)`, which is exact.
+        adapter_name (`str`, defaults to `"default"`):
+            Name of the adapter on the UNet.
+
+    Returns:
+        `peft.LoraConfig`: the adapter's config.
+
+    Raises:
+        `ValueError`: on an empty `deltas`, a name that is not a Linear module of the UNet, a delta of the wrong shape
+            or with non-finite values, `max_rank < 1`, or an adapter name already in use.
+    """
+    if not deltas:
+        raise ValueError("`deltas` is empty; pass {module name: weight delta} for at least one Linear module.")
+    if max_rank is not None and max_rank < 1:
+        raise ValueError(f"`max_rank` must be >= 1 or None (exact), got {max_rank}.")
+    modules = dict(unet.named_modules())
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, delta in deltas.items():
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear):
+            kind = "no such module" if module is None else type(module).__name__
+            raise ValueError(f"deltas[{name!r}]: not a Linear module of the UNet ({kind}); use full module names.")
+        if tuple(delta.shape) != tuple(module.weight.shape):
+            raise ValueError(
+                f"deltas[{name!r}] has shape {tuple(delta.shape)}, but the module's weight is "
+                f"{tuple(module.weight.shape)} (out_features, in_features)."
+            )
+        if not torch.isfinite(delta).all():
+            raise ValueError(f"deltas[{name!r}] holds NaN or inf values.")
+        # float64 SVD so that B @ A reproduces the delta to float32 precision.
+        u, s, vh = torch.linalg.svd(delta.detach().to("cpu", torch.float64), full_matrices=False)
+        rank = len(s) if max_rank is None else min(len(s), max_rank)
+        root = s[:rank].sqrt()
+        factors[name] = (u[:, :rank] * root, root[:, None] * vh[:rank])
+
+    ranks = {name: a.shape[0] for name, (_, a) in factors.items()}
+    common = Counter(ranks.values()).most_common(1)[0][0]
+    # `^` anchors a pattern at the start of the module name (peft#2419), so no module matches another's pattern.
+    pattern = {f"^{name}": rank for name, rank in ranks.items() if rank != common}
+    config = LoraConfig(
+        r=common,
+        lora_alpha=common,
+        target_modules=list(factors),
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        init_lora_weights=True,
+    )
+    _inject(unet, config, adapter_name)
+    with torch.no_grad():
+        for name, (b, a) in factors.items():
+            layer = unet.get_submodule(name)
+            layer.lora_B[adapter_name].weight.copy_(b)
+            layer.lora_A[adapter_name].weight.copy_(a)
     return config
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import (
@@ -27,6 +28,9 @@ from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 from transformers.masking_utils import create_causal_mask
 
 from darkminer.models.lora import has_lora, upcast_lora_params
+
+if TYPE_CHECKING:
+    from darkminer.models.safe_guidance import SafeLatentDiffusion
 
 __all__ = ["DiffusionModel"]
 
@@ -88,6 +92,9 @@ class DiffusionModel:
         self.clip = clip
         # How images are prepared for `clip` (a `darkminer.metrics.clip.ClipPreprocess`); None: OpenAI CLIP's.
         self.clip_preprocess = None
+        # Safe Latent Diffusion sampling (`darkminer.models.safe_guidance`), attached by `apply_adapter` for an SLD
+        # run; while it is attached and enabled, `generate` delegates sampling to it.
+        self.safe_guidance: SafeLatentDiffusion | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={self.device}, dtype={self.dtype})"
@@ -408,7 +415,9 @@ class DiffusionModel:
         """Sample images with DDIM and classifier-free guidance.
 
         All images of a call go through the UNet together: one UNet call per step, on the conditional and
-        unconditional batches concatenated.
+        unconditional batches concatenated. While Safe Latent Diffusion is attached (`safe_guidance`, set by
+        `apply_adapter` for an SLD run), diffusers' safe pipeline samples instead, with the same noise, scheduler,
+        steps and guidance, adding the safety concept's batch ([`~darkminer.models.safe_guidance`]).
 
         Args:
             prompts (`str` or `Sequence[str]`, *optional*):
@@ -441,6 +450,7 @@ class DiffusionModel:
 
         Raises:
             `ValueError`: on conflicting or mis-shaped inputs.
+            `NotImplementedError`: `callback_on_step_end` under SLD (the safe pipeline cannot take back latents).
         """
         if (prompts is None) == (cond is None):
             raise ValueError("Pass exactly one of `prompts` and `cond` to `generate`.")
@@ -465,7 +475,7 @@ class DiffusionModel:
                 uncond = self.encode_unconditional(num_images)
             else:
                 uncond = self._broadcast_negative(negative_cond, num_images, num_images_per_prompt)
-            cond = torch.cat([uncond.to(device=self.device, dtype=self.dtype), cond])
+            uncond = uncond.to(device=self.device, dtype=self.dtype)
 
         if latents is None:
             latents = self.prepare_latents(num_images, seed=seed, generator=generator)
@@ -475,6 +485,26 @@ class DiffusionModel:
                 f"got {tuple(latents.shape)}."
             )
         latents = latents.to(device=self.device, dtype=self.dtype)
+
+        if self.safe_guidance is not None and self.safe_guidance.enabled:
+            if do_guidance:  # SLD acts through the guidance term; diffusers' safe pipeline samples
+                return self.safe_guidance.sample(
+                    self,
+                    cond,
+                    uncond,
+                    latents,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    progress=progress,
+                    callback_on_step_end=callback_on_step_end,
+                )
+            warnings.warn(
+                f"SLD acts through classifier-free guidance; with guidance_scale={guidance_scale} (<= 1) these "
+                "images are sampled without it.",
+                stacklevel=2,
+            )
+        if do_guidance:
+            cond = torch.cat([uncond, cond])
 
         # A fresh scheduler per call: DDIM keeps per-call state (its timesteps), so sharing one is not re-entrant.
         scheduler = DDIMScheduler.from_config(self.scheduler.config)

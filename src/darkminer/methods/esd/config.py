@@ -1,0 +1,62 @@
+"""ESD's config: the settings of Gandikota et al. (ICCV 2023, §4 and their released code), adapted to LoRA.
+
+Defaults are the paper's Stable Diffusion settings except the learning rate: the paper fine-tunes the weights
+themselves at 1e-5; we train a LoRA adapter, whose update starts at zero and is confined to rank r, and LoRA
+fine-tunes of SD conventionally use about ten times the full fine-tune's rate (diffusers' LoRA examples: 1e-4), so
+the default is 1e-4. `configs/esd/shapesworld_*.yaml` scale the rest for a CPU and say which numbers differ and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TRAIN_METHODS = ("xattn", "noxattn")
+
+
+@dataclass
+class EsdConfig:
+    """Erased Stable Diffusion: eps_theta(x_t, c) -> eps*(x_t, 0) - eta (eps*(x_t, c) - eps*(x_t, 0)) (Eq. 3-4)."""
+
+    train_method: str = field(
+        default="noxattn",
+        metadata={
+            "help": "'xattn' (ESD-x: LoRA on every cross-attention projection; the paper's choice for art styles) "
+            "or 'noxattn' (ESD-u: LoRA on every other Linear layer outside the time embedding; the paper's choice "
+            "for nudity and objects)."
+        },
+    )
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta of Eq. 4 (paper: 1.0)."})
+    prompt_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts about the concept, one per line, '{concept}' allowed (Dark Miner App. B: 200 texts). "
+            "Default: ShapesWorld's training prompts on ShapesWorld, else the concept word alone (the paper's)."
+        },
+    )
+    steps: int = field(default=1000, metadata={"help": "Iterations (paper: 1000)."})
+    batch_size: int = field(
+        default=1, metadata={"help": "Trajectories per iteration, all stopped at the same step (paper: 1)."}
+    )
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (paper: 1e-5 full fine-tune; see above)."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip (not in the paper; a safeguard)."})
+    rank: int = field(default=8, metadata={"help": "LoRA rank."})
+    alpha: float = field(default=8.0, metadata={"help": "LoRA alpha."})
+    ddim_steps: int = field(
+        default=50, metadata={"help": "DDIM steps of the trajectory x_t is taken from (paper: 50)."}
+    )
+    guidance_scale: float = field(
+        default=3.0, metadata={"help": "Classifier-free guidance of that trajectory (the paper's code: 3)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds every draw; step n uses a generator seeded from (seed, n)."})
+    checkpoint_every: int = field(default=100, metadata={"help": "Steps between checkpoints."})
+
+    def __post_init__(self):
+        if self.train_method not in TRAIN_METHODS:
+            raise ValueError(f"esd.train_method={self.train_method!r} is not one of {TRAIN_METHODS}.")
+        for name in ("steps", "batch_size", "lr", "grad_clip", "rank", "alpha", "ddim_steps", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"esd.{name} must be > 0, got {getattr(self, name)!r}.")
+        if self.negative_guidance < 0:
+            raise ValueError(f"esd.negative_guidance (eta) must be >= 0, got {self.negative_guidance}.")
+        if self.guidance_scale < 1:
+            raise ValueError(f"esd.guidance_scale must be >= 1 (1: no guidance), got {self.guidance_scale}.")

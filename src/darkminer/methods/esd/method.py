@@ -1,0 +1,154 @@
+"""ESD: Gandikota, Materzynska, Fiotto-Kaufman, Bau, "Erasing Concepts from Diffusion Models" (ICCV 2023).
+
+ESD fine-tunes the model so that conditioning on the concept c *subtracts* the concept's guidance direction, as
+measured by the frozen original theta*:
+
+    eps_theta(x_t, c, t)  ->  eps_theta*(x_t, 0, t) - eta (eps_theta*(x_t, c, t) - eps_theta*(x_t, 0, t)),
+
+with 0 the empty prompt and eta the negative guidance (paper §3). The loss is the squared distance between the two.
+The x_t it is trained on are not noised data: each iteration draws a stopping step of a DDIM trajectory, runs the
+*current* model conditioned on c (with classifier-free guidance) from Gaussian noise up to that step, and takes
+the latent there, so training follows what the model being edited would actually draw.
+
+Variants (the paper's): ESD-x (`train_method="xattn"`) edits the cross-attention projections only, the paper's
+choice for art styles; ESD-u (`"noxattn"`) edits every other layer (here: every Linear outside cross-attention and
+the time embedding), its choice for nudity and objects. We train a LoRA adapter on those layers instead of the
+weights themselves, so the result loads with `pipe.load_lora_weights`. theta* is the same UNet with the adapter
+disabled. The released code draws the DDPM timestep at random inside the DDIM step's interval and maps the
+interval at the wrong end of the schedule; we predict at the timestep the trajectory actually stopped at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from ...config import write_json
+from ...models import DiffusionModel, add_lora, disable_lora, load_lora, save_lora
+from ...models.adapters import ERASURE_CONFIG_NAME
+from ...training.checkpoint import RunDirectory, check_finite
+from ..base import ErasureRequest, ErasureResult
+from ..prompts import fill, prompt_templates
+from .config import EsdConfig
+
+
+def esd_target_modules(unet: nn.Module, train_method: str) -> list[str]:
+    """Names of the Linear layers ESD edits: every cross-attention (`attn2`) projection for 'xattn'; every other
+    Linear outside the time embedding for 'noxattn'."""
+    linears = [n for n, m in unet.named_modules() if isinstance(m, nn.Linear)]
+    if train_method == "xattn":
+        names = [n for n in linears if ".attn2." in n]
+    else:
+        names = [n for n in linears if ".attn2." not in n and not n.startswith("time_embedding.")]
+    if not names:
+        raise ValueError(f"The UNet has no Linear layers for ESD train_method={train_method!r}.")
+    return names
+
+
+@torch.no_grad()
+def partial_trajectory(
+    model: DiffusionModel,
+    cond: torch.Tensor,
+    stop: int,
+    num_steps: int,
+    guidance_scale: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `stop` of `num_steps` DDIM steps from Gaussian noise with the model as it is (adapter on), conditioned on
+    `cond` with classifier-free guidance; returns (x_t, t), the latent reached and the timestep it sits at."""
+    scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    scheduler.set_timesteps(num_steps, device=model.device)
+    latents = model.prepare_latents(len(cond), generator=generator) * scheduler.init_noise_sigma
+    both = torch.cat([model.encode_unconditional(len(cond)), cond])
+    for t in scheduler.timesteps[:stop]:
+        eps_uncond, eps_cond = model.predict_noise(torch.cat([latents, latents]), t, both).chunk(2)
+        eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        latents = scheduler.step(eps, t, latents).prev_sample
+    return latents, scheduler.timesteps[stop]
+
+
+def esd_loss(model: DiffusionModel, x_t, t, cond, cond_empty, negative_guidance: float) -> torch.Tensor:
+    """|| eps_theta(x_t, c) - (eps*(x_t, 0) - eta (eps*(x_t, c) - eps*(x_t, 0))) ||^2, eps* the adapter-free UNet."""
+    b = len(x_t)
+    with torch.no_grad(), disable_lora(model.unet):
+        frozen = model.predict_noise(x_t.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([cond, cond_empty])).float()
+        target = frozen[b:] - negative_guidance * (frozen[:b] - frozen[b:])
+    return F.mse_loss(model.predict_noise(x_t, t, cond).float(), target)
+
+
+class Esd:
+    """ESD behind the [`ErasureMethod`] protocol. Construct with an [`EsdConfig`]."""
+
+    name = "esd"
+
+    def __init__(self, config: EsdConfig):
+        self.config = config
+
+    def erase(self, model: DiffusionModel, request: ErasureRequest, output_dir: str | Path) -> ErasureResult:
+        """Train (or resume) the ESD adapter for `request.concepts` and write it to `output_dir`.
+
+        Raises:
+            RunConflictError: `output_dir` holds a run with another config.
+            NonFiniteLossError: the loss became NaN/inf (the message names the step and the last good checkpoint).
+        """
+        cfg = self.config
+        concepts = list(request.concepts)
+        run = RunDirectory(
+            output_dir,
+            {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
+            total_limit=2,
+        )
+        latest = run.latest()
+        if latest is None:
+            start = 0
+            with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the global RNG
+                torch.manual_seed(cfg.seed)
+                add_lora(model.unet, esd_target_modules(model.unet, cfg.train_method), rank=cfg.rank, alpha=cfg.alpha)
+        else:
+            start, directory = latest
+            load_lora(model, directory)
+        params = [p.requires_grad_(True) for n, p in model.unet.named_parameters() if "lora_" in n]
+        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        if latest is not None:
+            optimizer.load_state_dict(torch.load(latest[1] / "optimizer.pt", weights_only=True))
+            run.truncate_log(lambda r: r.get("step", -1) < start)
+
+        prompts = [fill(t, c) for c in concepts for t in prompt_templates(model, c, cfg.prompt_file)]
+        with torch.no_grad():
+            conds = model.encode_prompt(prompts)
+            cond_empty = model.encode_unconditional(cfg.batch_size)
+
+        for step in tqdm(range(start, cfg.steps), desc="esd", initial=start, total=cfg.steps, mininterval=2):
+            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
+            rows = torch.randint(0, len(prompts), (cfg.batch_size,), generator=generator)
+            stop = int(torch.randint(0, cfg.ddim_steps, (), generator=generator))
+            cond = conds[rows.to(conds.device)]
+            x_t, t = partial_trajectory(model, cond, stop, cfg.ddim_steps, cfg.guidance_scale, generator)
+            loss = esd_loss(model, x_t, t.expand(cfg.batch_size), cond, cond_empty, cfg.negative_guidance)
+            check_finite("esd", step, {"loss": loss}, run)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            if (step + 1) % 10 == 0 or step + 1 == cfg.steps:
+                run.log(step=step, loss=loss.item(), timestep=int(t))
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+
+                def write(directory, optimizer=optimizer, step=step):
+                    save_lora(model.unet, directory, metadata={"step": step + 1})
+                    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+
+                run.save_checkpoint(step + 1, write)
+
+        metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
+        save_lora(model.unet, run.path, metadata=metadata)
+        write_json(
+            run.path / ERASURE_CONFIG_NAME, {**metadata, "config": dataclasses.asdict(cfg), "prompts": len(prompts)}
+        )
+        return ErasureResult(run.path, run.read_log(), {"steps": cfg.steps, "prompts": len(prompts)})

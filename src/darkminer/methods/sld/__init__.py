@@ -1,0 +1,4 @@
+from .config import SLDConfig
+from .method import SafeLatentDiffusion
+
+__all__ = ["SLDConfig", "SafeLatentDiffusion"]
