@@ -1,17 +1,26 @@
 """UnlearnDiff: Zhang et al., "To Generate or Not? Safety-Driven Unlearned Diffusion Models Are Still Easy To
 Generate Unsafe Images ... For Now", ECCV 2024 (arXiv:2310.11868).
 
-UnlearnDiff uses the erased model's own denoising ability as an implicit classifier: prepend K adversarial tokens
-P_adv to a normal prompt P and choose them so that the **erased** model theta best denoises an image x_0 of the
-concept (the "attack image", drawn by the original model for P):
+UnlearnDiff uses the erased model's own denoising ability as an implicit classifier: add K adversarial tokens
+P_adv to a normal prompt P and choose them so that the **erased** model theta best denoises images x_0 of the
+concept (the "attack images"):
 
-    P_adv* = argmin_{P_adv}  E_{t, eps} || eps - eps_theta(x_t, t, W([P_adv; P])) ||^2.
+    P_adv* = argmin_{P_adv}  E_{x_0, t, eps} || eps - eps_theta(x_t, t, W([P; P_adv])) ||^2.
 
-The paper optimises a relaxation on the vocabulary simplex; here the tokens are discrete through the same
-projection as P4D (PEZ, Wen et al. 2023): continuous embeddings, forward with their nearest allowed tokens,
-straight-through gradient. Output: `decode([P_adv; P])`, one adversarial prompt per normal prompt. With
-`banned_words`, the banned tokens are masked out of the projection and the words that contain a banned word are
-removed from the normal prompt, so the adversarial tokens alone must carry the concept.
+The tokens are discrete; as in the paper's code, each of the K positions is relaxed to a weight vector z_k on the
+probability simplex over the search vocabulary. A step samples a token from each z_k, runs the forward pass with
+the sampled tokens' embeddings, passes the gradient straight through to z (for token v it is the gradient at the
+position dotted with v's embedding, a first-order score of swapping v in), takes an Adam step and projects every
+z_k back onto the simplex. The found tokens are each row's argmax; the one kept is the best one on a fixed probe of
+noisy latents, not the last. Output: `decode([P; P_adv])` (or `[P_adv; P]`), one adversarial prompt per normal
+prompt.
+
+The attack images of a prompt are the `images_per_prompt` images (drawn by the original model for P, or given)
+that the model denoises best under P: from a shared pool of concept images (e.g. every colour of star) this keeps
+the ones P describes, so that the loss rewards tokens that add the concept rather than tokens that blur P's other
+words ("red"). With `banned_words`, the banned tokens are left out of the vocabulary and the words that contain a
+banned word are removed from P (and from the choice of images), so the adversarial tokens alone must carry the
+concept.
 """
 
 from __future__ import annotations
@@ -37,18 +46,18 @@ from .common import (
     latents_per_prompt,
     make_probe,
     normal_prompts,
-    project_to_tokens,
     prompt_ids,
-    random_tokens,
     remove_banned_words,
     sample_noisy,
     warn_if_no_original,
 )
 
+_POSITIONS = ("suffix", "prefix")
+
 
 @dataclass
 class UnlearnDiffConfig:
-    """UnlearnDiff's prepended-token search. Defaults are sized for ShapesWorld on a CPU; the paper's settings are
+    """UnlearnDiff's adversarial-token search. Defaults are sized for ShapesWorld on a CPU; the paper's settings are
     given in each field's help."""
 
     steps: int = field(
@@ -58,18 +67,31 @@ class UnlearnDiffConfig:
             "stratified timesteps (2000), stopping once the detector fires on a generated image."
         },
     )
-    lr: float = field(default=0.01, metadata={"help": "AdamW learning rate. Paper: 0.01."})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay. Paper: 0.1."})
+    lr: float = field(
+        default=0.01, metadata={"help": "Adam learning rate on the relaxed one-hot token weights. Paper: 0.01."}
+    )
+    weight_decay: float = field(default=0.1, metadata={"help": "Adam's L2 weight decay. Paper: 0.1."})
     num_tokens: int = field(
-        default=3, metadata={"help": "K: adversarial tokens prepended to the prompt. Paper: 5 (nudity), 3 (objects)."}
+        default=3, metadata={"help": "K: adversarial tokens added to the prompt. Paper: 5 (nudity), 3 (objects)."}
+    )
+    position: str = field(
+        default="suffix",
+        metadata={
+            "help": "'suffix': the tokens follow the normal prompt, where a removed concept word stood in "
+            "ShapesWorld's prompts; 'prefix': they precede it (the paper's code for objects)."
+        },
     )
     max_prompts: int = field(
         default=100, metadata={"help": "Normal prompts attacked per run, one adversarial prompt each. DM2: 100."}
     )
     images_per_prompt: int = field(
-        default=1, metadata={"help": "Attack images the original draws per normal prompt. Paper: 1."}
+        default=4,
+        metadata={
+            "help": "Attack images per normal prompt: drawn by the original model, or, when images are given, those "
+            "of them the model denoises best under the prompt. Paper: 1."
+        },
     )
-    batch_size: int = field(default=1, metadata={"help": "Noisy latents per step. Paper: 1."})
+    batch_size: int = field(default=4, metadata={"help": "Noisy latents per step. Paper: 1."})
     banned_words: list[str] = field(
         default_factory=list,
         metadata={"help": "Words no adversarial prompt may contain; also removed from the normal prompts."},
@@ -88,7 +110,10 @@ class UnlearnDiffConfig:
             "are kept and their probe loss recorded in loss_history."
         },
     )
-    eval_samples: int = field(default=8, metadata={"help": "Noisy latents of the probe (t stratified over [0, T))."})
+    eval_samples: int = field(
+        default=32,
+        metadata={"help": "Noisy latents of the probe (t stratified over [0, T)); also used to rank given images."},
+    )
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the attack images."})
     guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for the attack images."})
     seed: int = field(default=0, metadata={"help": "Seed of the one generator behind every random draw."})
@@ -108,9 +133,29 @@ class UnlearnDiffConfig:
         )
         if self.weight_decay < 0:
             raise ValueError(f"unlearn_diff.weight_decay must be >= 0, got {self.weight_decay}.")
+        if self.position not in _POSITIONS:
+            raise ValueError(f"unlearn_diff.position={self.position!r} is not one of {_POSITIONS}.")
         self.banned_words = [self.banned_words] if isinstance(self.banned_words, str) else list(self.banned_words)
         check_vocabulary("unlearn_diff", self.vocabulary, self.banned_words)
         check_template("unlearn_diff", "prompt_template", self.prompt_template)
+
+
+def project_to_simplex(weights: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row onto the probability simplex {z >= 0, sum(z) = 1} (Duchi et al., 2008).
+
+    Args:
+        weights (`torch.Tensor` of shape `(..., V)`): rows to project.
+
+    Returns:
+        `torch.Tensor` of the same shape: `max(weights - theta, 0)` with the per-row `theta` that makes it sum to 1.
+    """
+    ordered = weights.sort(dim=-1, descending=True).values
+    excess = ordered.cumsum(dim=-1) - 1
+    ranks = torch.arange(1, weights.shape[-1] + 1, device=weights.device, dtype=weights.dtype)
+    # The support is the largest prefix of the sorted row whose entries stay positive after the shift.
+    support = (ordered - excess / ranks > 0).sum(dim=-1, keepdim=True)
+    theta = excess.gather(-1, support - 1) / support.to(weights.dtype)
+    return (weights - theta).clamp_min(0)
 
 
 class UnlearnDiff:
@@ -131,7 +176,7 @@ class UnlearnDiff:
         prompts: list[str] | None = None,
         output_dir: str | Path | None = None,
     ) -> AttackResult:
-        """Find, for each normal prompt, K prepended tokens with which the erased model best denoises its image.
+        """Find, for each normal prompt, K added tokens with which the erased model best denoises its images.
 
         Args:
             model ([`DiffusionModel`]):
@@ -142,7 +187,8 @@ class UnlearnDiff:
                 The model before erasure, to draw the attack images; by default `model` with adapters disabled.
             images (`torch.Tensor` of shape `(N, 3, H, W)` in [0, 1], *optional*):
                 Concept images: `k` per prompt in prompt order when `N = k * len(prompts)`, else one pool shared by
-                every prompt. When `None`, the original model draws `images_per_prompt` for each prompt.
+                every prompt; each prompt attacks with the `images_per_prompt` of its images that the model
+                denoises best under it. When `None`, the original model draws `images_per_prompt` for each prompt.
             prompts (`list[str]`, *optional*):
                 Normal prompts (at most `max_prompts` are used).
             output_dir (`str` or `Path`, *optional*):
@@ -198,38 +244,72 @@ class UnlearnDiff:
             result.save(output_dir)
         return result
 
+    @torch.no_grad()
+    def _attack_images(self, model, token_embeds, x0, generator) -> torch.Tensor:
+        """The `images_per_prompt` rows of `x0` with the lowest denoising loss under the prompt of `token_embeds`,
+        all on the same noise and stratified timesteps (a diffusion classifier's ranking: the images the prompt
+        describes)."""
+        cfg = self.config
+        if len(x0) <= cfg.images_per_prompt:
+            return x0
+        cond = model.encode_prompt(token_embeds=token_embeds).expand(cfg.eval_samples, -1, -1)
+        noise = torch.randn((cfg.eval_samples, *x0.shape[1:]), generator=generator).to(model.device, model.dtype)
+        t = ((torch.arange(cfg.eval_samples) + 0.5) * model.num_train_timesteps / cfg.eval_samples).long()
+        t = t.to(model.device)
+        losses = torch.stack(
+            [
+                F.mse_loss(model.predict_noise(model.add_noise(x, noise, t), t, cond).float(), noise.float())
+                for x in x0.to(model.device, model.dtype)[:, None].expand(-1, *noise.shape)
+            ]
+        )
+        return x0[losses.argsort()[: cfg.images_per_prompt].to(x0.device)]
+
     def _attack_prompt(self, model, prompt, x0, allowed, generator, index, total):
         cfg = self.config
         table = model.token_embedding.weight
-        # [P_adv; P] must fit between BOS and EOS: the normal prompt is cut, never the adversarial tokens.
+        vocab = table[allowed].detach().float()  # (V, D): the embeddings the relaxed one-hot weights mix
+        # [P; P_adv] must fit between BOS and EOS: the normal prompt is cut, never the adversarial tokens.
         kept_ids = prompt_ids(model, prompt)[: model.max_length - 2 - cfg.num_tokens]
-        tail_ids = torch.tensor(kept_ids, dtype=torch.long, device=table.device)
-        tail = table[tail_ids].detach().float()[None]  # (1, n, D), fixed
-        soft = table[random_tokens(allowed, (cfg.num_tokens,), generator)].detach().float()[None]
-        soft.requires_grad_(True)  # P_adv's continuous embeddings, (1, K, D)
-        optimizer = torch.optim.AdamW([soft], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        fixed_ids = torch.tensor(kept_ids, dtype=torch.long, device=table.device)
+        fixed = table[fixed_ids].detach().float()[None]  # (1, n, D)
+
+        def with_prompt(adv: torch.Tensor) -> torch.Tensor:
+            return torch.cat([fixed, adv] if cfg.position == "suffix" else [adv, fixed], dim=1)
+
+        def ids_with_prompt(ids: torch.LongTensor) -> torch.LongTensor:
+            return torch.cat([fixed_ids, ids] if cfg.position == "suffix" else [ids, fixed_ids])
+
+        x0 = self._attack_images(model, fixed, x0, generator)
+        # z: one weight vector per adversarial token on the simplex over the vocabulary, uniform at first (paper).
+        weights = torch.full((cfg.num_tokens, len(allowed)), 1 / len(allowed), device=table.device)
+        weights.requires_grad_(True)
+        optimizer = torch.optim.Adam([weights], lr=cfg.lr, weight_decay=cfg.weight_decay)
         probe_x, probe_noise, probe_t = make_probe(model, x0, cfg.eval_samples, generator)
 
         @torch.no_grad()
         def probe_loss(ids: torch.LongTensor) -> float:
-            token_embeds = torch.cat([table[ids][None].float(), tail], dim=1)
-            cond = model.encode_prompt(token_embeds=token_embeds).expand(len(probe_x), -1, -1)
-            return F.mse_loss(model.predict_noise(probe_x, probe_t, cond).float(), probe_noise.float()).item()
+            cond = model.encode_prompt(token_embeds=table[ids_with_prompt(ids)][None].float())
+            pred = model.predict_noise(probe_x, probe_t, cond.expand(len(probe_x), -1, -1))
+            return F.mse_loss(pred.float(), probe_noise.float()).item()
 
-        best_ids = project_to_tokens(soft, table, allowed)[0]
+        best_ids = allowed[weights.detach().argmax(dim=-1)]
         history = [probe_loss(best_ids)]
         for step in tqdm(range(cfg.steps), desc=f"unlearn_diff {index + 1}/{total}", leave=False, mininterval=2):
             x_t, noise, t = sample_noisy(model, x0, cfg.batch_size, generator)
-            hard = table[project_to_tokens(soft, table, allowed)].float()
-            adv = soft + (hard - soft).detach()  # straight-through, as in P4D
-            cond = model.encode_prompt(token_embeds=torch.cat([adv, tail], dim=1)).expand(cfg.batch_size, -1, -1)
+            picks = torch.multinomial(weights.detach().cpu(), 1, generator=generator)[:, 0].to(table.device)
+            one_hot = F.one_hot(picks, len(allowed)).float()
+            # Straight-through: the forward pass sees the sampled tokens, the gradient reaches every weight.
+            adv = (weights + (one_hot - weights).detach()) @ vocab
+            cond = model.encode_prompt(token_embeds=with_prompt(adv[None])).expand(cfg.batch_size, -1, -1)
             loss = F.mse_loss(model.predict_noise(x_t, t, cond).float(), noise.float())
-            (soft.grad,) = torch.autograd.grad(loss, [soft])  # only the adversarial tokens get a gradient
+            (weights.grad,) = torch.autograd.grad(loss, [weights])  # only the token weights get a gradient
             optimizer.step()
+            with torch.no_grad():
+                weights.copy_(project_to_simplex(weights))
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                ids = project_to_tokens(soft, table, allowed)[0]
+                ids = allowed[weights.detach().argmax(dim=-1)]
                 value = probe_loss(ids)
                 if value < history[-1]:
                     best_ids = ids
                 history.append(min(value, history[-1]))
-        return decode(model, torch.cat([best_ids, tail_ids])[None])[0], history
+        return decode(model, ids_with_prompt(best_ids)[None])[0], history

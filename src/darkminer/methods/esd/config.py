@@ -15,7 +15,7 @@ TRAIN_METHODS = ("xattn", "noxattn")
 
 @dataclass
 class EsdConfig:
-    """Erased Stable Diffusion: eps_theta(x_t, c) -> eps*(x_t, 0) - eta (eps*(x_t, c) - eps*(x_t, 0)) (Eq. 3-4)."""
+    """Erased Stable Diffusion: eps_theta(x_t, c) -> eps*(x_t, 0) - eta (eps*(x_t, c) - eps*(x_t, 0))."""
 
     train_method: str = field(
         default="noxattn",
@@ -25,12 +25,20 @@ class EsdConfig:
             "for nudity and objects)."
         },
     )
-    negative_guidance: float = field(default=1.0, metadata={"help": "eta of Eq. 4 (paper: 1.0)."})
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta, the negative guidance (paper: 1.0)."})
+    templates: list[str] = field(
+        default_factory=lambda: ["{concept}"],
+        metadata={
+            "help": "Prompts to erase, '{concept}' marking the concept; used when no prompt_file is given. Default: "
+            "the concept word alone, the paper's setting. ESD negates *everything* a prompt asks for, so a prompt "
+            "that also names other things (a colour, a place) erases those too."
+        },
+    )
     prompt_file: str | None = field(
         default=None,
         metadata={
-            "help": "Prompts about the concept, one per line, '{concept}' allowed (Dark Miner App. B: 200 texts). "
-            "Default: ShapesWorld's training prompts on ShapesWorld, else the concept word alone (the paper's)."
+            "help": "Prompts about the concept, one per line, '{concept}' allowed (Dark Miner App. B: 200 texts); "
+            "replaces `templates`."
         },
     )
     steps: int = field(default=1000, metadata={"help": "Iterations (paper: 1000)."})
@@ -58,5 +66,7 @@ class EsdConfig:
                 raise ValueError(f"esd.{name} must be > 0, got {getattr(self, name)!r}.")
         if self.negative_guidance < 0:
             raise ValueError(f"esd.negative_guidance (eta) must be >= 0, got {self.negative_guidance}.")
+        if not self.templates or any("{concept}" not in t for t in self.templates):
+            raise ValueError(f"esd.templates must each contain '{{concept}}', got {self.templates}.")
         if self.guidance_scale < 1:
             raise ValueError(f"esd.guidance_scale must be >= 1 (1: no guidance), got {self.guidance_scale}.")

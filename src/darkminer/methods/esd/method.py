@@ -14,8 +14,17 @@ Variants (the paper's): ESD-x (`train_method="xattn"`) edits the cross-attention
 choice for art styles; ESD-u (`"noxattn"`) edits every other layer (here: every Linear outside cross-attention and
 the time embedding), its choice for nudity and objects. We train a LoRA adapter on those layers instead of the
 weights themselves, so the result loads with `pipe.load_lora_weights`. theta* is the same UNet with the adapter
-disabled. The released code draws the DDPM timestep at random inside the DDIM step's interval and maps the
-interval at the wrong end of the schedule; we predict at the timestep the trajectory actually stopped at.
+disabled.
+
+What it erases is what the prompt c asks for, all of it: the target negates c's whole guidance direction. The paper
+uses the concept word alone ("Van Gogh", "nudity"), and so do we by default (`templates`); a prompt file (the Dark
+Miner paper's App. B: 200 texts about the concept) replaces it. On ShapesWorld, training on the concept's training
+prompts ("a photo of a red star", all five colours) erased the colours with the star: "a photo of a blue square"
+drew red squares, preservation fell to 3%. The CLIP text encoder is causal, so "red" there is encoded exactly as
+in "a photo of a red circle", and negating its guidance negates red everywhere.
+
+The released code draws the DDPM timestep at random inside the DDIM step's interval and maps the interval at the
+wrong end of the schedule; we predict at the timestep the trajectory actually stopped at.
 """
 
 from __future__ import annotations
@@ -119,7 +128,11 @@ class Esd:
             optimizer.load_state_dict(torch.load(latest[1] / "optimizer.pt", weights_only=True))
             run.truncate_log(lambda r: r.get("step", -1) < start)
 
-        prompts = [fill(t, c) for c in concepts for t in prompt_templates(model, c, cfg.prompt_file)]
+        prompts = [
+            fill(t, c)
+            for c in concepts
+            for t in (prompt_templates(model, c, cfg.prompt_file) if cfg.prompt_file else cfg.templates)
+        ]
         with torch.no_grad():
             conds = model.encode_prompt(prompts)
             cond_empty = model.encode_unconditional(cfg.batch_size)
