@@ -25,6 +25,7 @@ from darkminer.attacks import (
     register_attack,
 )
 from darkminer.attacks.common import allowed_token_ids, images_for_prompts, project_to_tokens, remove_banned_words
+from darkminer.attacks.unlearn_diff import project_to_simplex
 from darkminer.config import load_config
 from darkminer.testing import tiny_model
 
@@ -171,3 +172,12 @@ def test_search_vocabulary(plain):
     ids = project_to_tokens(plain.token_embedding.weight[[star, star]], plain.token_embedding.weight, allowed)
     assert set(ids.tolist()) <= set(allowed.tolist())
     assert remove_banned_words("a Stars photo of a star", ["star"]) == "a photo of a"
+
+
+def test_project_to_simplex():
+    rows = torch.tensor([[0.5, 0.5, -1.0], [2.0, 0.0, 0.0], [0.6, 0.6, 0.0], [0.2, 0.3, 0.5]])
+    expected = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    assert torch.allclose(project_to_simplex(rows), expected)
+    projected = project_to_simplex(torch.randn(6, 50, generator=torch.Generator().manual_seed(0)))
+    assert (projected >= 0).all() and torch.allclose(projected.sum(-1), torch.ones(6))
+    assert torch.allclose(project_to_simplex(projected), projected)
