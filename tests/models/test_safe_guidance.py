@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler
 from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 
 from darkminer.methods import ErasureRequest
-from darkminer.methods.sld import SafeLatentDiffusion, SLDConfig
+from darkminer.methods.sld import SLD, SLDConfig
 from darkminer.models import ModelLoadError, load_model
 from darkminer.models.adapters import ERASURE_CONFIG_NAME, apply_adapter
 from darkminer.models.safe_guidance import SafeGuidance, attach_safe_guidance, without_safe_guidance
@@ -73,7 +73,7 @@ def test_settings_validate():
 def test_sld_run_reproduces_in_plain_diffusers(tiny_dir, tmp_path):
     model = load_model(tiny_dir)
     config = SLDConfig(preset="strong", sld_warmup_steps=1, safety_concept="a star")
-    out = SafeLatentDiffusion(config).erase(model, ErasureRequest(["star"]), tmp_path / "run").output_dir
+    out = SLD(config).erase(model, ErasureRequest(["star"]), tmp_path / "run").output_dir
     ours = _generate(model, "a star photo", num_images_per_prompt=2)
 
     # What the record tells a diffusers user to do.

@@ -18,7 +18,10 @@ from .unlearn_diff import UnlearnDiff, UnlearnDiffConfig
 register_attack("cce", CCEConfig, CCE, "Circumventing Concept Erasure: textual inversion against the erased model.")
 register_attack("p4d", P4DConfig, P4D, "Prompting4Debugging: hard prompt matching the original's noise prediction.")
 register_attack(
-    "unlearn_diff", UnlearnDiffConfig, UnlearnDiff, "UnlearnDiff: prepended hard tokens minimising the denoising loss."
+    "unlearn_diff",
+    UnlearnDiffConfig,
+    UnlearnDiff,
+    "UnlearnDiff: hard tokens added to the prompt, minimising the denoising loss.",
 )
 register_attack(
     "ring_a_bell",

@@ -7,7 +7,7 @@ from .dark_miner import DarkMiner, DarkMinerConfig
 from .esd import Esd, EsdConfig
 from .fmn import FMN, FMNConfig
 from .salun import SalUn, SalUnConfig
-from .sld import SafeLatentDiffusion, SLDConfig
+from .sld import SLD, SLDConfig
 from .uce import UCE, UCEConfig
 
 register_method("dark_miner", DarkMinerConfig, DarkMiner, "Dark Miner (DM2): mine, verify, circumvent loops.")
@@ -18,7 +18,7 @@ register_method("esd", EsdConfig, Esd, "ESD: subtract the concept's guidance, on
 register_method("ca", CaConfig, ConceptAblation, "Concept Ablation (model-based): target prompts -> anchor prompts.")
 register_method("uce", UCEConfig, UCE, "UCE: closed-form edit of cross-attention keys/values, no training.")
 register_method("fmn", FMNConfig, FMN, "Forget-Me-Not: re-steer cross-attention away from the concept.")
-register_method("sld", SLDConfig, SafeLatentDiffusion, "SLD: safety guidance at sampling time, no weights.")
+register_method("sld", SLDConfig, SLD, "SLD: safety guidance at sampling time, no weights.")
 register_method("salun", SalUnConfig, SalUn, "SalUn: gradient-saliency mask, then masked random-label fine-tuning.")
 
 __all__ = ["ErasureMethod", "ErasureRequest", "ErasureResult", "get_method", "list_methods", "register_method"]

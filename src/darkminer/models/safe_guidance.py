@@ -115,6 +115,8 @@ class _SafePipelineOnConditionings(StableDiffusionPipelineSafe):
     conditionings: torch.Tensor | None = None
 
     def _encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, *args, **kwargs):
+        if self.conditionings is None:
+            raise ValueError("This pipeline takes no text: set `conditionings` ([uncond, cond, safety]) first.")
         return self.conditionings
 
 

@@ -1,4 +1,4 @@
 from .config import SLDConfig
-from .method import SafeLatentDiffusion
+from .method import SLD
 
-__all__ = ["SLDConfig", "SafeLatentDiffusion"]
+__all__ = ["SLD", "SLDConfig"]

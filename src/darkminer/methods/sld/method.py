@@ -34,7 +34,7 @@ NO_WEIGHTS_NOTE = (
 )
 
 
-class SafeLatentDiffusion:
+class SLD:
     """SLD behind the [`ErasureMethod`] protocol: writes the settings, attaches SLD sampling to `model`."""
 
     name = "sld"

@@ -1,0 +1,26 @@
+"""Every packaged ShapesWorld preset parses into its method's config, and its header names the command it is for."""
+
+import importlib.resources
+from pathlib import Path
+
+import pytest
+
+from darkminer.config import load_config
+from darkminer.methods import get_method
+from darkminer.toy.captions import get_concept
+
+PRESETS = sorted(Path(str(importlib.resources.files("darkminer").joinpath("configs"))).glob("*/shapesworld_*.yaml"))
+
+
+def test_every_method_has_presets():
+    assert {p.parent.name for p in PRESETS} >= {"dark_miner", "all_but_one", "esd", "ca", "uce", "fmn", "sld", "salun"}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_preset_parses_and_names_its_command(path):
+    method, concept = path.parent.name, path.stem.removeprefix("shapesworld_")
+    get_concept(concept)  # a ShapesWorld concept
+    load_config(get_method(method).config_class, path)
+    first_line = path.read_text().splitlines()[0]
+    assert f"--method {method} --concept {concept}" in first_line
+    assert first_line.endswith(f"--config configs/{method}/{path.name}")
