@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...config import write_json
-from ...models import DiffusionModel, add_lora, disable_lora, load_lora, save_lora
-from ...models.adapters import ERASURE_CONFIG_NAME
-from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
+from ...models import DiffusionModel, disable_lora
+from ...training.checkpoint import RunDirectory, check_finite
+from ...training.lora_run import original_latents, save_final_adapter, save_step_checkpoint, start_or_resume_lora
 from ..base import ErasureRequest, ErasureResult
 from .config import AllButOneConfig
 
@@ -49,26 +48,6 @@ class AllButOne:
     def __init__(self, config: AllButOneConfig):
         self.config = config
 
-    def _target_latents(self, model: DiffusionModel, prompts: list[str], run: RunDirectory) -> torch.Tensor:
-        path = run.path / "pool" / "targets.safetensors"
-        if path.exists():
-            return load_tensors(path)["latents"]
-        cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed)
-        per_prompt = max(1, cfg.images // len(prompts))
-        with disable_lora(model.unet):
-            images = model.generate(
-                prompts,
-                num_images_per_prompt=per_prompt,
-                generator=generator,
-                num_inference_steps=cfg.generate_steps,
-                guidance_scale=cfg.guidance_scale,
-            )
-        latents = model.encode_images(images * 2 - 1, sample=False).float()
-        path.parent.mkdir(exist_ok=True)
-        save_tensors(path, {"latents": latents})
-        return latents
-
     def erase(self, model: DiffusionModel, request: ErasureRequest, output_dir: str | Path) -> ErasureResult:
         """Train the adapter so every target concept's guidance becomes `request.alternative`'s.
 
@@ -90,26 +69,28 @@ class AllButOne:
             },
             total_limit=2,
         )
-        latest = run.latest()
-        if latest is None:
-            start = 0
-            targets = [n for n, _ in model.unet.named_modules() if n.endswith(tuple(cfg.target_modules))]
-            with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the global RNG
-                torch.manual_seed(cfg.seed)
-                add_lora(model.unet, targets, rank=cfg.rank, alpha=cfg.alpha)
-        else:
-            start, directory = latest
-            load_lora(model, directory)
-        params = [p for p in model.unet.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        if latest is not None:
-            optimizer.load_state_dict(torch.load(latest[1] / "optimizer.pt", weights_only=True))
-            run.truncate_log(lambda r: r.get("step", -1) < start)
+        start, params, optimizer = start_or_resume_lora(
+            model,
+            run,
+            [n for n, _ in model.unet.named_modules() if n.endswith(tuple(cfg.target_modules))],
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            seed=cfg.seed,
+            optimizer=lambda params: torch.optim.Adam(params, lr=cfg.lr),
+        )
 
         target_prompts = [t.format(concept=c) for c in concepts for t in cfg.templates]
         alternative_prompts = [t.format(concept=request.alternative) for _ in concepts for t in cfg.templates]
-        latents = self._target_latents(model, target_prompts, run)
-        per_prompt = len(latents) // len(target_prompts)
+        per_prompt = max(1, cfg.images // len(target_prompts))
+        latents = original_latents(
+            model,
+            target_prompts,
+            per_prompt,
+            run.path / "pool" / "targets.safetensors",
+            seed=cfg.seed,
+            num_inference_steps=cfg.generate_steps,
+            guidance_scale=cfg.guidance_scale,
+        )
         with torch.no_grad():
             cond_target = model.encode_prompt(target_prompts)
             cond_alternative = model.encode_prompt(alternative_prompts)
@@ -139,19 +120,9 @@ class AllButOne:
             if (step + 1) % 10 == 0 or step + 1 == cfg.steps:
                 run.log(step=step, loss=total.item(), guidance=guidance.item(), unconditional=uncond.item())
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save_step_checkpoint(run, model, optimizer, step + 1)
 
-                def write(directory, optimizer=optimizer, step=step):
-                    save_lora(model.unet, directory, metadata={"step": step + 1})
-                    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-
-                run.save_checkpoint(step + 1, write)
-
-        metadata = {
-            "method": self.name,
-            "base_model": model.name,
-            "concepts": concepts,
-            "alternative": request.alternative,
-        }
-        save_lora(model.unet, run.path, metadata=metadata)
-        write_json(run.path / ERASURE_CONFIG_NAME, {**metadata, "config": dataclasses.asdict(cfg)})
+        save_final_adapter(
+            run, model, self.name, concepts, dataclasses.asdict(cfg), metadata={"alternative": request.alternative}
+        )
         return ErasureResult(run.path, run.read_log(), {"steps": cfg.steps})

@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...config import write_json
-from ...models import DiffusionModel, add_lora, disable_lora, load_lora, save_lora
-from ...models.adapters import ERASURE_CONFIG_NAME
-from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
+from ...models import DiffusionModel
+from ...training.checkpoint import RunDirectory, check_finite
+from ...training.lora_run import original_latents, save_final_adapter, save_step_checkpoint, start_or_resume_lora
 from ..base import ErasureRequest, ErasureResult
 from ..prompts import CONCEPT_MARK, fill, prompt_templates
 from .config import CaConfig
@@ -63,31 +62,6 @@ class ConceptAblation:
     def __init__(self, config: CaConfig):
         self.config = config
 
-    def _anchor_latents(self, model: DiffusionModel, anchor_prompts: list[str], run: RunDirectory) -> torch.Tensor:
-        """Latents (pairs * per_prompt, C, h, w) of the original's images for each anchor prompt, cached."""
-        path = run.path / "pool" / "anchors.safetensors"
-        if path.exists():
-            return load_tensors(path)["latents"]
-        cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed)
-        per_prompt = max(1, cfg.images // len(anchor_prompts))
-        chunk = max(1, 64 // per_prompt)
-        latents = []
-        with disable_lora(model.unet):
-            for i in tqdm(range(0, len(anchor_prompts), chunk), desc="ca anchor images", mininterval=2):
-                images = model.generate(
-                    anchor_prompts[i : i + chunk],
-                    num_images_per_prompt=per_prompt,
-                    generator=generator,
-                    num_inference_steps=cfg.generate_steps,
-                    guidance_scale=cfg.guidance_scale,
-                )
-                latents.append(model.encode_images(images * 2 - 1, sample=False).float())
-        latents = torch.cat(latents)
-        path.parent.mkdir(exist_ok=True)
-        save_tensors(path, {"latents": latents})
-        return latents
-
     def erase(self, model: DiffusionModel, request: ErasureRequest, output_dir: str | Path) -> ErasureResult:
         """Train (or resume) the CA adapter that ablates `request.concepts` to the anchor; write it to `output_dir`.
 
@@ -114,21 +88,15 @@ class ConceptAblation:
             },
             total_limit=2,
         )
-        latest = run.latest()
-        if latest is None:
-            start = 0
-            targets = [n for n, _ in model.unet.named_modules() if n.endswith(tuple(cfg.target_modules))]
-            with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the global RNG
-                torch.manual_seed(cfg.seed)
-                add_lora(model.unet, targets, rank=cfg.rank, alpha=cfg.alpha)
-        else:
-            start, directory = latest
-            load_lora(model, directory)
-        params = [p.requires_grad_(True) for n, p in model.unet.named_parameters() if "lora_" in n]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if latest is not None:
-            optimizer.load_state_dict(torch.load(latest[1] / "optimizer.pt", weights_only=True))
-            run.truncate_log(lambda r: r.get("step", -1) < start)
+        start, params, optimizer = start_or_resume_lora(
+            model,
+            run,
+            [n for n, _ in model.unet.named_modules() if n.endswith(tuple(cfg.target_modules))],
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            seed=cfg.seed,
+            optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        )
 
         pairs = []
         for concept in concepts:
@@ -141,8 +109,18 @@ class ConceptAblation:
                     stacklevel=2,
                 )
             pairs += prompt_pairs(templates, concept, anchor)
-        latents = self._anchor_latents(model, [a for _, a in pairs], run)
-        per_prompt = len(latents) // len(pairs)
+        per_prompt = max(1, cfg.images // len(pairs))
+        latents = original_latents(  # the original's images of each anchor prompt, x* of the paper
+            model,
+            [a for _, a in pairs],
+            per_prompt,
+            run.path / "pool" / "anchors.safetensors",
+            seed=cfg.seed,
+            num_inference_steps=cfg.generate_steps,
+            guidance_scale=cfg.guidance_scale,
+            prompts_per_call=max(1, 64 // per_prompt),
+            desc="ca anchor images",
+        )
         with torch.no_grad():
             cond_target = model.encode_prompt([t for t, _ in pairs])
             cond_anchor = model.encode_prompt([a for _, a in pairs])
@@ -173,14 +151,9 @@ class ConceptAblation:
             if (step + 1) % 10 == 0 or step + 1 == cfg.steps:
                 run.log(step=step, loss=total.item(), ablate=ablate.item(), regularization=reg.item())
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save_step_checkpoint(run, model, optimizer, step + 1)
 
-                def write(directory, optimizer=optimizer, step=step):
-                    save_lora(model.unet, directory, metadata={"step": step + 1})
-                    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-
-                run.save_checkpoint(step + 1, write)
-
-        metadata = {"method": self.name, "base_model": model.name, "concepts": concepts, "anchor": anchor}
-        save_lora(model.unet, run.path, metadata=metadata)
-        write_json(run.path / ERASURE_CONFIG_NAME, {**metadata, "config": dataclasses.asdict(cfg), "pairs": pairs})
+        save_final_adapter(
+            run, model, self.name, concepts, dataclasses.asdict(cfg), metadata={"anchor": anchor}, pairs=pairs
+        )
         return ErasureResult(run.path, run.read_log(), {"steps": cfg.steps, "pairs": len(pairs)})

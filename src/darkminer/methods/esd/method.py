@@ -38,10 +38,9 @@ from diffusers import DDIMScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...config import write_json
-from ...models import DiffusionModel, add_lora, disable_lora, load_lora, save_lora
-from ...models.adapters import ERASURE_CONFIG_NAME
+from ...models import DiffusionModel, disable_lora
 from ...training.checkpoint import RunDirectory, check_finite
+from ...training.lora_run import save_final_adapter, save_step_checkpoint, start_or_resume_lora
 from ..base import ErasureRequest, ErasureResult
 from ..prompts import fill, prompt_templates
 from .config import EsdConfig
@@ -113,20 +112,15 @@ class Esd:
             {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
             total_limit=2,
         )
-        latest = run.latest()
-        if latest is None:
-            start = 0
-            with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the global RNG
-                torch.manual_seed(cfg.seed)
-                add_lora(model.unet, esd_target_modules(model.unet, cfg.train_method), rank=cfg.rank, alpha=cfg.alpha)
-        else:
-            start, directory = latest
-            load_lora(model, directory)
-        params = [p.requires_grad_(True) for n, p in model.unet.named_parameters() if "lora_" in n]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        if latest is not None:
-            optimizer.load_state_dict(torch.load(latest[1] / "optimizer.pt", weights_only=True))
-            run.truncate_log(lambda r: r.get("step", -1) < start)
+        start, params, optimizer = start_or_resume_lora(
+            model,
+            run,
+            esd_target_modules(model.unet, cfg.train_method),
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            seed=cfg.seed,
+            optimizer=lambda params: torch.optim.Adam(params, lr=cfg.lr),
+        )
 
         prompts = [
             fill(t, c)
@@ -152,16 +146,7 @@ class Esd:
             if (step + 1) % 10 == 0 or step + 1 == cfg.steps:
                 run.log(step=step, loss=loss.item(), timestep=int(t))
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save_step_checkpoint(run, model, optimizer, step + 1)
 
-                def write(directory, optimizer=optimizer, step=step):
-                    save_lora(model.unet, directory, metadata={"step": step + 1})
-                    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-
-                run.save_checkpoint(step + 1, write)
-
-        metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
-        save_lora(model.unet, run.path, metadata=metadata)
-        write_json(
-            run.path / ERASURE_CONFIG_NAME, {**metadata, "config": dataclasses.asdict(cfg), "prompts": len(prompts)}
-        )
+        save_final_adapter(run, model, self.name, concepts, dataclasses.asdict(cfg), prompts=len(prompts))
         return ErasureResult(run.path, run.read_log(), {"steps": cfg.steps, "prompts": len(prompts)})

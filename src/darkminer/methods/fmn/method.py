@@ -31,10 +31,9 @@ import torch
 from diffusers.models.attention_processor import Attention
 from tqdm.auto import tqdm
 
-from ...config import write_json
-from ...models import DiffusionModel, add_lora, disable_lora, load_lora, save_lora
-from ...models.adapters import ERASURE_CONFIG_NAME
-from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
+from ...models import DiffusionModel
+from ...training.checkpoint import RunDirectory, check_finite
+from ...training.lora_run import original_latents, save_final_adapter, save_step_checkpoint, start_or_resume_lora
 from ..base import ErasureRequest, ErasureResult
 from ..prompts import CONCEPT_MARK, fill, prompt_templates
 from .config import FMNConfig
@@ -179,25 +178,6 @@ class FMN:
             owners += [concept] * len(named)
         return prompts, owners
 
-    def _concept_latents(self, model: DiffusionModel, prompts: list[str], run: RunDirectory) -> torch.Tensor:
-        path = run.path / "pool" / "concept.safetensors"
-        if path.exists():
-            return load_tensors(path)["latents"]
-        cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed)
-        with disable_lora(model.unet):
-            images = model.generate(
-                prompts,
-                num_images_per_prompt=cfg.images_per_prompt,
-                generator=generator,
-                num_inference_steps=cfg.generate_steps,
-                guidance_scale=cfg.guidance_scale,
-            )
-        latents = model.encode_images(images * 2 - 1, sample=False).float()
-        path.parent.mkdir(exist_ok=True)
-        save_tensors(path, {"latents": latents})
-        return latents
-
     def erase(self, model: DiffusionModel, request: ErasureRequest, output_dir: str | Path) -> ErasureResult:
         """Train the adapter so the concepts' tokens lose their share of cross-attention on images of them."""
         cfg = self.config
@@ -211,24 +191,26 @@ class FMN:
             {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
             total_limit=2,
         )
-        latest = run.latest()
-        if latest is None:
-            start = 0
-            targets = [n for n, _ in model.unet.named_modules() if n.endswith(tuple(cfg.target_modules))]
-            with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the global RNG
-                torch.manual_seed(cfg.seed)
-                add_lora(model.unet, targets, rank=cfg.rank, alpha=cfg.alpha)
-        else:
-            start, directory = latest
-            load_lora(model, directory)
-        params = [p for p in model.unet.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if latest is not None:
-            optimizer.load_state_dict(torch.load(latest[1] / "optimizer.pt", weights_only=True))
-            run.truncate_log(lambda r: r.get("step", -1) < start)
+        start, params, optimizer = start_or_resume_lora(
+            model,
+            run,
+            [n for n, _ in model.unet.named_modules() if n.endswith(tuple(cfg.target_modules))],
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            seed=cfg.seed,
+            optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        )
 
         prompts, owners = self._prompts(model, concepts)
-        latents = self._concept_latents(model, prompts, run)
+        latents = original_latents(
+            model,
+            prompts,
+            cfg.images_per_prompt,
+            run.path / "pool" / "concept.safetensors",
+            seed=cfg.seed,
+            num_inference_steps=cfg.generate_steps,
+            guidance_scale=cfg.guidance_scale,
+        )
         with torch.no_grad():
             cond = model.encode_prompt(prompts)
         masks = torch.cat([concept_mask(model, [p], c, cfg.use_pooler) for p, c in zip(prompts, owners, strict=True)])
@@ -253,14 +235,7 @@ class FMN:
                 if (step + 1) % 5 == 0 or step + 1 == cfg.steps:
                     run.log(step=step, loss=loss.item(), concept_attention=attention.mean_mass())
                 if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                    save_step_checkpoint(run, model, optimizer, step + 1)
 
-                    def write(directory, optimizer=optimizer, step=step):
-                        save_lora(model.unet, directory, metadata={"step": step + 1})
-                        torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-
-                    run.save_checkpoint(step + 1, write)
-
-        metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
-        save_lora(model.unet, run.path, metadata=metadata)
-        write_json(run.path / ERASURE_CONFIG_NAME, {**metadata, "config": dataclasses.asdict(cfg)})
+        save_final_adapter(run, model, self.name, concepts, dataclasses.asdict(cfg))
         return ErasureResult(run.path, run.read_log(), {"steps": cfg.steps, "prompts": len(prompts)})
