@@ -110,9 +110,13 @@ class UnlearnDiffConfig:
             "are kept and their probe loss recorded in loss_history."
         },
     )
-    eval_samples: int = field(
-        default=32,
-        metadata={"help": "Noisy latents of the probe (t stratified over [0, T)); also used to rank given images."},
+    eval_samples: int = field(default=32, metadata={"help": "Noisy latents of the probe (t stratified over [0, T))."})
+    rank_samples: int = field(
+        default=8,
+        metadata={
+            "help": "Noisy latents (t stratified over [0, T)) on which each given image's denoising loss under the "
+            "prompt is measured to choose the prompt's attack images."
+        },
     )
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the attack images."})
     guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for the attack images."})
@@ -129,6 +133,7 @@ class UnlearnDiffConfig:
             batch_size=self.batch_size,
             eval_every=self.eval_every,
             eval_samples=self.eval_samples,
+            rank_samples=self.rank_samples,
             generate_steps=self.generate_steps,
         )
         if self.weight_decay < 0:
@@ -252,9 +257,9 @@ class UnlearnDiff:
         cfg = self.config
         if len(x0) <= cfg.images_per_prompt:
             return x0
-        cond = model.encode_prompt(token_embeds=token_embeds).expand(cfg.eval_samples, -1, -1)
-        noise = torch.randn((cfg.eval_samples, *x0.shape[1:]), generator=generator).to(model.device, model.dtype)
-        t = ((torch.arange(cfg.eval_samples) + 0.5) * model.num_train_timesteps / cfg.eval_samples).long()
+        cond = model.encode_prompt(token_embeds=token_embeds).expand(cfg.rank_samples, -1, -1)
+        noise = torch.randn((cfg.rank_samples, *x0.shape[1:]), generator=generator).to(model.device, model.dtype)
+        t = ((torch.arange(cfg.rank_samples) + 0.5) * model.num_train_timesteps / cfg.rank_samples).long()
         t = t.to(model.device)
         losses = torch.stack(
             [

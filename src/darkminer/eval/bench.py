@@ -37,7 +37,16 @@ QUICK_METHOD_OVERRIDES = {
     "sld": [],  # nothing is trained
     "salun": ["steps=20", "images=20", "retain_images=20"],
 }
-QUICK_ATTACK_OVERRIDES = ["cce.steps=10", "p4d.steps=5", "unlearn_diff.steps=5", "ring_a_bell.generations=3"]
+QUICK_ATTACK_OVERRIDES = [
+    "cce.steps=10",
+    "p4d.steps=5",
+    "p4d.max_prompts=4",
+    "unlearn_diff.steps=5",
+    "unlearn_diff.max_prompts=4",
+    "unlearn_diff.eval_samples=4",
+    "ring_a_bell.generations=3",
+    "ring_a_bell.max_prompts=4",
+]
 
 
 @dataclass

@@ -151,6 +151,7 @@ def evaluate(job: EvaluateJob) -> dict:
         reference = world.reference_features(job.images_per_prompt, job.seed + 2)
         results["fid"] = fid_from_features(world.detector.features(kept), reference)
         grids.append(("preservation prompts", kept[:: job.images_per_prompt][:16]))
+    concept_images = world.concept_images(model, 32, job.seed + 4, job.sampling_steps) if job.attacks else None
     for name in job.attacks:
         banned = job.ban_concept_words and _has_field(name, "banned_words")
         config = _attack_config(name, job.attack_overrides, [f"banned_words={world.banned}"] if banned else [])
@@ -160,7 +161,7 @@ def evaluate(job: EvaluateJob) -> dict:
             model,
             concept=job.concept,
             prompts=world.attack_sources,
-            images=world.concept_images(model, 32, job.seed + 4, job.sampling_steps),
+            images=concept_images,
             output_dir=out / name,
         )
         result.save(out / name)
