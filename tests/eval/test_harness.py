@@ -120,3 +120,8 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
     run_bench(config, "test")
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
+
+    # A finished cell is not reused under other evaluation settings: its numbers would not be comparable.
+    config.extra_attack_overrides = ["ring_a_bell.population=6"]
+    with pytest.raises(ValueError, match="attack_overrides"):
+        run_bench(config, "test")

@@ -4,6 +4,7 @@ original model's row, in the layout of the paper's Table 1. Resumable: a finishe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -75,44 +76,55 @@ class BenchConfig:
 
 
 def _cell(config: BenchConfig, method: str, concept: str) -> dict:
+    """One table cell: erase (unless `original`), then evaluate; a finished cell made with the same settings is read
+    back instead.
+
+    Raises:
+        ValueError: the cell was finished with other evaluation settings (its results would not be comparable).
+    """
     from ..demo import preset_path
 
     cell_dir = Path(config.runs_dir) / ("quick" if config.quick else "full") / method / concept
+    adapter = None if method == "original" else str(cell_dir / "run")
+    job = EvaluateJob(
+        concept=concept,
+        output_dir=str(cell_dir / "eval"),
+        model=config.model,
+        adapter=adapter,
+        attacks=config.attacks,
+        attack_overrides=[*(QUICK_ATTACK_OVERRIDES if config.quick else []), *config.extra_attack_overrides],
+        images_per_prompt=1 if config.quick else config.images_per_prompt,
+        seed=config.seed,
+        sampling_steps=config.sampling_steps,
+    )
     results_path = cell_dir / "eval" / "results.json"
     if results_path.exists():
-        return json.loads(results_path.read_text())
-    adapter = None
-    if method != "original":
-        overrides = [
-            *(QUICK_METHOD_OVERRIDES.get(method, []) if config.quick else []),
-            *config.extra_method_overrides.get(method, []),
-        ]
-        job = EraseJob(
-            model=config.model,
-            method=method,
-            concepts=[concept],
-            output_dir=str(cell_dir / "run"),
-            alternative=ALTERNATIVES.get(concept) if method == "all_but_one" else None,
-            config_file=str(preset_path(method, concept)),
-            overrides=overrides,
-            report=False,
+        results = json.loads(results_path.read_text())
+        wanted = json.loads(json.dumps(dataclasses.asdict(job)))
+        differ = sorted(k for k in wanted if results.get("job", {}).get(k) != wanted[k])
+        if differ:
+            raise ValueError(
+                f"The bench cell {cell_dir} was finished with other settings ({', '.join(differ)}); pass another "
+                "--runs-dir, or delete that cell to recompute it."
+            )
+        return results
+    if adapter is not None:
+        run_erase(
+            EraseJob(
+                model=config.model,
+                method=method,
+                concepts=[concept],
+                output_dir=adapter,
+                alternative=ALTERNATIVES.get(concept) if method == "all_but_one" else None,
+                config_file=str(preset_path(method, concept)),
+                overrides=[
+                    *(QUICK_METHOD_OVERRIDES.get(method, []) if config.quick else []),
+                    *config.extra_method_overrides.get(method, []),
+                ],
+                report=False,
+            )
         )
-        run_erase(job)
-        adapter = str(cell_dir / "run")
-    attack_overrides = [*(QUICK_ATTACK_OVERRIDES if config.quick else []), *config.extra_attack_overrides]
-    return evaluate(
-        EvaluateJob(
-            concept=concept,
-            output_dir=str(cell_dir / "eval"),
-            model=config.model,
-            adapter=adapter,
-            attacks=config.attacks,
-            attack_overrides=attack_overrides,
-            images_per_prompt=1 if config.quick else config.images_per_prompt,
-            seed=config.seed,
-            sampling_steps=config.sampling_steps,
-        )
-    )
+    return evaluate(job)
 
 
 def run_bench(config: BenchConfig, command: str) -> Path:
