@@ -63,13 +63,6 @@ class MiningConfig:
         metadata={"help": "Texts about the concept, one per line, for init='concept_prompts' (App. B's text sets)."},
     )
     images_per_loop: int = field(default=3, metadata={"help": "k: pool images drawn per mining stage (App. A)."})
-    embeddings_per_loop: int = field(
-        default=1,
-        metadata={
-            "help": "Embeddings mined per loop, each from its own start and its own k pool images; the loop's s(c) is "
-            "the highest of theirs and those at or above tau are all circumvented together. 1 is the paper."
-        },
-    )
     steps: int = field(default=1000, metadata={"help": "Optimisation steps per loop (App. A)."})
     lr: float = field(default=0.1, metadata={"help": "Learning rate (App. A)."})
     lr_decay_step: int = field(default=500, metadata={"help": "Step at which lr is multiplied by lr_decay."})
@@ -85,7 +78,6 @@ class MiningConfig:
             "mining",
             length=self.length,
             images_per_loop=self.images_per_loop,
-            embeddings_per_loop=self.embeddings_per_loop,
             steps=self.steps,
             lr=self.lr,
             lr_decay=self.lr_decay,

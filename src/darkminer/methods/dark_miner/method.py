@@ -4,13 +4,10 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
 
 1. **Mining** (Eq. 5): with the model *and its adapters* frozen, optimise a free embedding c so that the current
    model best denoises k images of the concept, L_M = E ||eps - eps_theta(x_t | c, t)||^2. This finds the
-   embedding that still draws the concept best, whatever words (or non-words) it corresponds to. With
-   `mining.embeddings_per_loop` > 1 (an extension; the paper mines one) several c are mined per loop, each from its
-   own start and its own k images.
+   embedding that still draws the concept best, whatever words (or non-words) it corresponds to.
 2. **Verifying** (Eq. 6): generate x_c from c and a reference x_r from "a photo", and score
    s(c) = mean_{x_e} cos(Enc(x_c) - Enc(x_r), Enc(x_e) - Enc(x_r)) with CLIP image features over the k pool
-   images x_e. If s(c) < tau the concept is no longer reachable (we require it `patience` loops in a row). With
-   several c per loop, the loop's s(c) is their highest.
+   images x_e. If s(c) < tau the concept is no longer reachable (we require it `patience` loops in a row).
 3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections so that the mined c predicts
    what the frozen original predicts for the anchor c0, l_c = ||eps_theta(x_t|c) - eps_theta'(x_t|c0)||^2,
    while keeping c0, 0*c and -c as they were, l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is
@@ -186,8 +183,7 @@ class DarkMiner:
             )
         return model.encode_images(images * 2 - 1, sample=False).float()
 
-    def _circumvent(self, model, pool: list[MinedEmbedding], new: int, generator, run, loop):
-        """Train the adapters on the pool; the last `new` entries are this loop's c (drawn with probability r)."""
+    def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop):
         cfg = self.config.circumvent
         params = [p.requires_grad_(True) for p in _lora_parameters(model)]
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(params, lr=cfg.lr)
@@ -198,16 +194,13 @@ class DarkMiner:
                 torch.cat([self._condition(model, s * e.embedding.to(model.device)) for s in (1.0, 0.0, -1.0)])
                 for e in pool
             ]
-        earlier, history = len(pool) - new, {"l_c": [], "l_p": [], "loss": []}
+        current, history = len(pool) - 1, {"l_c": [], "l_p": [], "loss": []}
         for step in tqdm(range(cfg.steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
             for group in optimizer.param_groups:
                 group["lr"] = _step_lr(cfg.lr, step, cfg.lr_decay_step, cfg.lr_decay)
-            if earlier > 0 and torch.rand((), generator=generator) >= cfg.current_prob:
-                pick = int(torch.randint(0, earlier, (), generator=generator))
-            elif new == 1:
-                pick = earlier
-            else:
-                pick = earlier + int(torch.randint(0, new, (), generator=generator))
+            pick = current
+            if current > 0 and torch.rand((), generator=generator) >= cfg.current_prob:
+                pick = int(torch.randint(0, current, (), generator=generator))
             entry, (c, zero_c, neg_c) = pool[pick], conds[pick]
             rows = torch.randint(0, len(entry.latents), (cfg.batch_size,), generator=generator)
             x0 = entry.latents[rows].to(model.device, model.dtype)
@@ -307,27 +300,14 @@ class DarkMiner:
             concept = active[loop % len(active)]  # A10: several concepts take turns
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + loop)
             record = {"loop": loop, "concept": concept}
-            mined, mining_seconds, verify_seconds = [], 0.0, 0.0
-            for _ in range(cfg.mining.embeddings_per_loop):
-                tic = time.perf_counter()
-                embedding, picks, mining_losses = self._mine(model, concept, pools[concept], generator, run, loop)
-                mining_seconds += time.perf_counter() - tic
-                tic = time.perf_counter()
-                score = self._verify(model, embedding, pool_images[concept][picks], generator)
-                verify_seconds += time.perf_counter() - tic
-                mined.append((embedding, mining_losses, score))
-            scores = [m[2] for m in mined]
-            score = max(scores)  # the concept is still reachable if any mined c reaches it
+            tic = time.perf_counter()
+            embedding, picks, mining_losses = self._mine(model, concept, pools[concept], generator, run, loop)
             record.update(
-                mining_loss=mined[scores.index(score)][1],
-                mining_seconds=mining_seconds,
-                mining_peak_rss_mb=_peak_rss_mb(),
-                score=score,
-                verify_seconds=verify_seconds,
-                verify_peak_rss_mb=_peak_rss_mb(),
+                mining_loss=mining_losses, mining_seconds=time.perf_counter() - tic, mining_peak_rss_mb=_peak_rss_mb()
             )
-            if len(mined) > 1:
-                record["scores"] = scores
+            tic = time.perf_counter()
+            score = self._verify(model, embedding, pool_images[concept][picks], generator)
+            record.update(score=score, verify_seconds=time.perf_counter() - tic, verify_peak_rss_mb=_peak_rss_mb())
             below = state["below"][concept] = state["below"][concept] + 1 if score < cfg.verify.tau else 0
             if below >= cfg.verify.patience:
                 state["done"].append(concept)
@@ -335,12 +315,10 @@ class DarkMiner:
             elif below == 0:
                 # A mined c that still reproduces the concept is circumvented; one below tau is not (§3.2.2).
                 tic = time.perf_counter()
-                reached = [m[0] for m in mined if m[2] >= cfg.verify.tau]
-                for embedding in reached:
-                    latents = self._original_images(model, embedding, generator)
-                    pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu()))
+                latents = self._original_images(model, embedding, generator)
+                pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu()))
                 record.update(
-                    circumvent=self._circumvent(model, pool, len(reached), generator, run, loop),
+                    circumvent=self._circumvent(model, pool, generator, run, loop),
                     circumvent_seconds=time.perf_counter() - tic,
                     circumvent_peak_rss_mb=_peak_rss_mb(),
                 )
