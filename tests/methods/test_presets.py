@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from darkminer.config import load_config
+from darkminer.eval.bench import QUICK_METHOD_OVERRIDES
 from darkminer.methods import get_method
 from darkminer.toy.captions import get_concept
 
@@ -24,3 +25,9 @@ def test_preset_parses_and_names_its_command(path):
     first_line = path.read_text().splitlines()[0]
     assert f"--method {method} --concept {concept}" in first_line
     assert first_line.endswith(f"--config configs/{method}/{path.name}")
+
+
+@pytest.mark.parametrize("method", sorted(QUICK_METHOD_OVERRIDES))
+def test_quick_bench_overrides_apply_to_the_presets(method):
+    for path in (p for p in PRESETS if p.parent.name == method):
+        load_config(get_method(method).config_class, path, QUICK_METHOD_OVERRIDES[method])

@@ -29,15 +29,24 @@ ALTERNATIVES = {
 }
 # --quick: a few steps of everything, to check the whole table runs (numbers are not meaningful).
 QUICK_METHOD_OVERRIDES = {
-    "dark_miner": ["max_loops=2", "mining.steps=20", "circumvent.steps=30", "pool.size=8", "verify.pairs=2"],
-    "all_but_one": ["steps=40", "images=8"],
-    "esd": ["steps=20"],
-    "ca": ["steps=20", "images=20"],
+    "dark_miner": [
+        "max_loops=2",
+        "mining.steps=20",
+        "circumvent.steps=30",
+        "pool.size=8",
+        "verify.pairs=2",
+        "verify.steps=10",
+        "generate_steps=10",
+    ],
+    "all_but_one": ["steps=40", "images=8", "generate_steps=10"],
+    "esd": ["steps=20", "ddim_steps=10"],
+    "ca": ["steps=20", "images=20", "generate_steps=10"],
     "uce": [],  # closed form: seconds already
-    "fmn": ["steps=20", "images_per_prompt=1"],
+    "fmn": ["steps=20", "images_per_prompt=1", "generate_steps=10"],
     "sld": [],  # nothing is trained
-    "salun": ["steps=20", "images=20", "retain_images=20"],
+    "salun": ["steps=20", "images=20", "retain_images=20", "generate_steps=10"],
 }
+QUICK_SAMPLING_STEPS = 10  # --quick: DDIM steps of every evaluation image, at most
 QUICK_ATTACK_OVERRIDES = [
     "cce.steps=10",
     "p4d.steps=5",
@@ -95,7 +104,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
         attack_overrides=[*(QUICK_ATTACK_OVERRIDES if config.quick else []), *config.extra_attack_overrides],
         images_per_prompt=1 if config.quick else config.images_per_prompt,
         seed=config.seed,
-        sampling_steps=config.sampling_steps,
+        sampling_steps=min(config.sampling_steps, QUICK_SAMPLING_STEPS) if config.quick else config.sampling_steps,
     )
     results_path = cell_dir / "eval" / "results.json"
     if results_path.exists():
