@@ -39,7 +39,7 @@ def test_evaluate_writes_a_table_row(quick_world, tmp_path):
             sampling_steps=2,
         )
     )
-    for key in ("ratio", "score", "clip_score", "fid"):
+    for key in ("ratio", "score", "ratio_training", "preservation", "clip_score", "fid"):
         assert 0 <= results[key] < float("inf")
     assert set(results["attacks"]) == {"ring_a_bell", "cce"}
     assert all(0 <= a["asr"] <= 1 for a in results["attacks"].values())

@@ -151,8 +151,10 @@ def run_bench(config: BenchConfig, command: str) -> Path:
         f"torch {torch.__version__}; this invocation took {time.perf_counter() - start:.0f} s (finished cells are "
         f"reused). Seeds: evaluation {config.seed}; each method's preset seed.  ",
         "Ratio/Score: share / mean score of images classified as the concept on held-out and implicit normal "
-        "prompts (ShapesWorld classifier). CLIP: CLIP-score on prompts without the concept; FID: classifier-feature "
-        "FID against renders of those prompts. ASR: share of adversarial outputs classified as the concept.",
+        "prompts (ShapesWorld classifier); Ratio train: the same on the concept's training prompts (what the "
+        "methods train on). Pres.: share of images of prompts without the concept whose shape and colour both match "
+        "the prompt. CLIP: CLIP-score on those prompts; FID: classifier-feature FID against renders of them. ASR: "
+        "share of adversarial outputs classified as the concept.",
         "",
     ]
     for concept in config.concepts:

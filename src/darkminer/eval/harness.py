@@ -2,6 +2,8 @@
 
 - Erase: `images_per_prompt` images per normal prompt; Ratio = share the detector classifies as the concept,
   Score = mean detector score (over all images for inappropriate concepts, over detected ones otherwise).
+- Also on ShapesWorld: Ratio on the concept's training prompts (the texts the methods train on) and preservation,
+  the share of images of prompts without the concept whose shape and colour are both what the prompt asks.
 - Preserve: CLIP-score and FID on prompts that do not involve the concept. On ShapesWorld the "real" images for
   FID are fresh renders of exactly what each prompt asks for, and features are the classifier's penultimate layer.
 - Attack: each attack searches adversarial prompts or embeddings against the model as given (adapter active);
@@ -89,6 +91,7 @@ class _World:
             self.detector = ShapesWorldDetector(concept, model.name)
             self.normal = [p.text for split in ("heldout", "implicit") for p in concept_prompts(concept, split)]
             self.attack_sources = [p.text for p in concept_prompts(concept, "train")]
+            self.training = self.attack_sources  # the texts the erasure methods train on (App. B)
             self.preserve = preservation_prompts(concept)
             self.banned = self._concept_words(concept)
         else:
@@ -143,8 +146,12 @@ def evaluate(job: EvaluateJob) -> dict:
         verdict = world.detector(images)
         results.update(erasure_figures(verdict.scores, verdict.decisions, world.detector.kind))
         grids.append(("normal prompts", images[:: job.images_per_prompt][:16]))
+        trained = generate_batched(model, world.training, job.images_per_prompt, job.seed + 5, job.sampling_steps)
+        results["ratio_training"] = float(world.detector(trained).decisions.float().mean())
         texts = [p.text for p in world.preserve]
         kept = generate_batched(model, texts, job.images_per_prompt, job.seed + 1, job.sampling_steps)
+        wanted = [p.constraints for p in world.preserve for _ in range(job.images_per_prompt)]
+        results["preservation"] = float(world.detector.judge.follows(kept, wanted).float().mean())
         repeated = [t for t in texts for _ in range(job.images_per_prompt)]
         if model.clip is not None:
             results["clip_score"] = clip_score(image_features(model, kept), text_features(model, repeated))
@@ -207,6 +214,10 @@ def table_row(results: dict) -> dict:
     for key, label in (("ratio", "Ratio %"), ("score", "Score %")):
         if key in results:
             row[label] = f"{100 * results[key]:.1f}"
+    if "ratio_training" in results:
+        row["Ratio train %"] = f"{100 * results['ratio_training']:.1f}"
+    if "preservation" in results:
+        row["Pres. %"] = f"{100 * results['preservation']:.1f}"
     if "clip_score" in results:
         row["CLIP"] = f"{results['clip_score']:.2f}"
     if "fid" in results:
