@@ -10,6 +10,7 @@ from darkminer.models.lora import (
     load_lora,
     lora_state_dict,
     merge_lora,
+    modules_ending_with,
     save_lora,
 )
 from darkminer.models.wrapper import DiffusionModel
@@ -26,5 +27,6 @@ __all__ = [
     "load_model",
     "lora_state_dict",
     "merge_lora",
+    "modules_ending_with",
     "save_lora",
 ]

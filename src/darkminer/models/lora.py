@@ -71,6 +71,12 @@ _MAX_KEYS_SHOWN = 8
 # ---------------------------------------------------------------------- adding adapters
 
 
+def modules_ending_with(unet: nn.Module, suffixes: Sequence[str]) -> list[str]:
+    """Full names, in module order, of the UNet's modules whose name ends with one of `suffixes` (e.g.
+    `"attn2.to_k"`): the `target_modules` of [`add_lora`] for a method configured by suffixes."""
+    return [name for name, _ in unet.named_modules() if name.endswith(tuple(suffixes))]
+
+
 def attention_value_modules(unet: nn.Module, which: Literal["all", "cross", "self"] = "all") -> list[str]:
     """Names of the value projections (`to_v`) of the UNet's attention modules.
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...models import DiffusionModel, disable_lora
+from ...models import DiffusionModel, disable_lora, modules_ending_with
 from ...training.checkpoint import RunDirectory, check_finite
 from ...training.lora_run import original_latents, save_final_adapter, save_step_checkpoint, start_or_resume_lora
 from ..base import ErasureRequest, ErasureResult
@@ -72,7 +72,7 @@ class AllButOne:
         start, params, optimizer = start_or_resume_lora(
             model,
             run,
-            [n for n, _ in model.unet.named_modules() if n.endswith(tuple(cfg.target_modules))],
+            modules_ending_with(model.unet, cfg.target_modules),
             rank=cfg.rank,
             alpha=cfg.alpha,
             seed=cfg.seed,
