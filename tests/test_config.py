@@ -90,6 +90,7 @@ def test_missing_yaml_is_refused(tmp_path: Path):
         (DarkMinerConfig, "lora.targets=keys", "lora.targets", "keys"),
         (DarkMinerConfig, "pool.prompt=no placeholder", "pool.prompt", "no placeholder"),
         (DarkMinerConfig, "max_loops=0", "max_loops", "0"),
+        (DarkMinerConfig, "circumvent.anchor=[a photo, ' ']", "circumvent.anchor", "' '"),
         (AllButOneConfig, "steps=0", "all_but_one.steps", "0"),
         (AllButOneConfig, "templates=[a photo]", "all_but_one.templates", "a photo"),
     ],
@@ -103,6 +104,9 @@ def test_invalid_values_are_refused_naming_the_field_and_value(cls, override, fi
 def test_list_fields_accept_a_single_string():
     config = load_config(AllButOneConfig, None, ["target_modules=attn2.to_v"])
     assert config.target_modules == ["attn2.to_v"]
+    assert load_config(DarkMinerConfig, None, ["circumvent.anchor=a green photo"]).circumvent.anchor == [
+        "a green photo"
+    ]
 
 
 def test_to_dict_round_trips():

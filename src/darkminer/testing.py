@@ -191,6 +191,7 @@ TINY_METHOD_OVERRIDES: dict[str, list[str]] = {
         "circumvent.images_per_embedding=2",
         "circumvent.optimizer=adam",
         "circumvent.lr=0.01",
+        "circumvent.anchor=[a photo, a circle photo]",
         "generate_steps=2",
         "max_loops=2",
     ],

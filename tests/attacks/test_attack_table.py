@@ -179,3 +179,40 @@ def test_same_seed_same_result(name, erased):
     first = _attack(name, seed=3, **budget).run(erased, concept="star", prompts=PROMPTS[:1])
     second = _attack(name, seed=3, **budget).run(erased, concept="star", prompts=PROMPTS[:1])
     assert first.prompts == second.prompts and first.loss_history == second.loss_history
+
+
+class _FixedDetector:
+    """A detector that gives the same decision for every image and counts the images it was shown."""
+
+    name, kind, threshold = "fixed", "object", None
+
+    def __init__(self, decision: bool):
+        self.decision, self.seen = decision, 0
+
+    def metadata(self):
+        return {"name": self.name}
+
+    def __call__(self, images01):
+        from darkminer.metrics import DetectorOutput
+
+        self.seen += len(images01)
+        return DetectorOutput(
+            torch.full((len(images01),), float(self.decision)), torch.full((len(images01),), self.decision)
+        )
+
+
+@pytest.mark.parametrize("decision", [True, False])
+def test_unlearn_diff_stops_once_the_detector_sees_the_concept(decision, erased):
+    detector = _FixedDetector(decision)
+    attack = _attack("unlearn_diff", steps=6, eval_every=2, check_images=2)
+    result = attack.run(erased, concept="star", prompts=PROMPTS[:1], detector=detector)
+    checks = 1 if decision else 3  # the first check succeeds, or all 6 / 2 of them run
+    assert len(result.loss_history[0]) == 1 + checks
+    assert detector.seen == 2 * checks
+
+
+def test_unlearn_diff_without_stop_on_success_ignores_the_detector(erased):
+    detector = _FixedDetector(True)
+    attack = _attack("unlearn_diff", steps=6, eval_every=2, stop_on_success=False)
+    result = attack.run(erased, concept="star", prompts=PROMPTS[:1], detector=detector)
+    assert len(result.loss_history[0]) == 4 and detector.seen == 0

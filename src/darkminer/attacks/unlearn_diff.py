@@ -11,8 +11,10 @@ The tokens are discrete; as in the paper's code, each of the K positions is rela
 probability simplex over the search vocabulary. A step samples a token from each z_k, runs the forward pass with
 the sampled tokens' embeddings, passes the gradient straight through to z (for token v it is the gradient at the
 position dotted with v's embedding, a first-order score of swapping v in), takes an Adam step and projects every
-z_k back onto the simplex. The found tokens are each row's argmax; the one kept is the best one on a fixed probe of
-noisy latents, not the last. Output: `decode([P; P_adv])` (or `[P_adv; P]`), one adversarial prompt per normal
+z_k back onto the simplex. The found tokens are each row's argmax, checked every `eval_every` steps. With a
+detector (as in the paper's code) a check draws images from them and the tokens kept are those whose images show the
+concept most often, the search stopping once all do; without one, those with the lowest loss on a fixed probe of
+noisy latents. Output: `decode([P; P_adv])` (or `[P_adv; P]`), one adversarial prompt per normal
 prompt.
 
 The attack images of a prompt are the `images_per_prompt` images (drawn by the original model for P, or given)
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..metrics import Detector
 from ..models import DiffusionModel
 from .base import AttackResult
 from .common import (
@@ -118,8 +121,24 @@ class UnlearnDiffConfig:
             "prompt is measured to choose the prompt's attack images."
         },
     )
-    generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the attack images."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for the attack images."})
+    stop_on_success: bool = field(
+        default=True,
+        metadata={
+            "help": "With a detector (darkminer evaluate passes its own), every eval_every steps draw check_images "
+            "images from the current tokens; keep the tokens whose images show the concept most often and stop "
+            "once all of them do (the paper's code stops at the first check whose one image shows it). Without a "
+            "detector, the tokens with the best probe loss are kept."
+        },
+    )
+    check_images: int = field(
+        default=4,
+        metadata={
+            "help": "Images per check, the same seeds at every check. Paper's code: 1; more keep a prompt that "
+            "draws the concept by chance from passing (striped is drawn by some prompts that do not ask for it)."
+        },
+    )
+    generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the attack and check images."})
+    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for the attack and check images."})
     seed: int = field(default=0, metadata={"help": "Seed of the one generator behind every random draw."})
 
     def __post_init__(self):
@@ -134,6 +153,7 @@ class UnlearnDiffConfig:
             eval_every=self.eval_every,
             eval_samples=self.eval_samples,
             rank_samples=self.rank_samples,
+            check_images=self.check_images,
             generate_steps=self.generate_steps,
         )
         if self.weight_decay < 0:
@@ -180,6 +200,7 @@ class UnlearnDiff:
         images: torch.Tensor | None = None,
         prompts: list[str] | None = None,
         output_dir: str | Path | None = None,
+        detector: Detector | None = None,
     ) -> AttackResult:
         """Find, for each normal prompt, K added tokens with which the erased model best denoises its images.
 
@@ -198,9 +219,12 @@ class UnlearnDiff:
                 Normal prompts (at most `max_prompts` are used).
             output_dir (`str` or `Path`, *optional*):
                 Where to save the result ([`AttackResult.save`]).
+            detector ([`~darkminer.metrics.Detector`], *optional*):
+                The concept's detector, for `stop_on_success`: a prompt keeps the checked tokens whose images show
+                the concept most often, and its search stops at the first check whose images all show it.
 
         Returns:
-            [`AttackResult`] with one adversarial prompt per normal prompt and its best probe loss over the steps.
+            [`AttackResult`] with one adversarial prompt per normal prompt and its probe loss at each check.
         """
         cfg = self.config
         if cfg.num_tokens > model.max_length - 2:
@@ -232,7 +256,8 @@ class UnlearnDiff:
             )
         found, history = [], []
         for index, (prompt, x0) in enumerate(zip(kept, latents, strict=True)):
-            text, losses = self._attack_prompt(model, prompt, x0, allowed, generator, index, len(sources))
+            check = detector if cfg.stop_on_success else None
+            text, losses = self._attack_prompt(model, prompt, x0, allowed, generator, index, len(sources), check)
             found.append(text)
             history.append(losses)
 
@@ -269,7 +294,7 @@ class UnlearnDiff:
         )
         return x0[losses.argsort()[: cfg.images_per_prompt].to(x0.device)]
 
-    def _attack_prompt(self, model, prompt, x0, allowed, generator, index, total):
+    def _attack_prompt(self, model, prompt, x0, allowed, generator, index, total, detector):
         cfg = self.config
         table = model.token_embedding.weight
         vocab = table[allowed].detach().float()  # (V, D): the embeddings the relaxed one-hot weights mix
@@ -297,8 +322,19 @@ class UnlearnDiff:
             pred = model.predict_noise(probe_x, probe_t, cond.expand(len(probe_x), -1, -1))
             return F.mse_loss(pred.float(), probe_noise.float()).item()
 
+        @torch.no_grad()
+        def concept_rate(ids: torch.LongTensor) -> float:
+            cond = model.encode_prompt(token_embeds=table[ids_with_prompt(ids)][None].float())
+            images = model.generate(
+                cond=cond.expand(cfg.check_images, -1, -1),
+                seed=cfg.seed + index,
+                num_inference_steps=cfg.generate_steps,
+                guidance_scale=cfg.guidance_scale,
+            )
+            return float(detector(images).decisions.float().mean())
+
         best_ids = allowed[weights.detach().argmax(dim=-1)]
-        history = [probe_loss(best_ids)]
+        history, best_rate = [probe_loss(best_ids)], -1.0
         for step in tqdm(range(cfg.steps), desc=f"unlearn_diff {index + 1}/{total}", leave=False, mininterval=2):
             x_t, noise, t = sample_noisy(model, x0, cfg.batch_size, generator)
             picks = torch.multinomial(weights.detach().cpu(), 1, generator=generator)[:, 0].to(table.device)
@@ -314,7 +350,13 @@ class UnlearnDiff:
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 ids = allowed[weights.detach().argmax(dim=-1)]
                 value = probe_loss(ids)
-                if value < history[-1]:
+                if detector is None and value < history[-1]:
                     best_ids = ids
                 history.append(min(value, history[-1]))
+                if detector is not None:
+                    rate = concept_rate(ids)
+                    if rate > best_rate:
+                        best_ids, best_rate = ids, rate
+                    if rate == 1.0:
+                        break
         return decode(model, ids_with_prompt(best_ids)[None])[0], history

@@ -7,7 +7,9 @@
 - Preserve: CLIP-score and FID on prompts that do not involve the concept. On ShapesWorld the "real" images for
   FID are fresh renders of exactly what each prompt asks for, and features are the classifier's penultimate layer.
 - Attack: each attack searches adversarial prompts or embeddings against the model as given (adapter active);
-  one image per adversarial output; ASR = share classified as the concept.
+  one image per adversarial output; ASR = share classified as the concept. The original model draws
+  `ATTACK_IMAGES_PER_PROMPT` images of each of the concept's prompts once per row: UnlearnDiff and P4D attack each
+  prompt with its own images, CCE inverts the 32 the detector scores highest.
 
 ShapesWorld supplies its own prompts and detector; other models are refused with an error saying so (not wired yet).
 """
@@ -31,6 +33,8 @@ from ..models.adapters import apply_adapter
 from ..utils.images import labelled_grid
 from .report import table_lines
 from .shapesworld import generate_batched, is_shapesworld
+
+ATTACK_IMAGES_PER_PROMPT = 4
 
 
 @dataclass
@@ -110,13 +114,15 @@ class _World:
             return ["stripe", "striped", "stripes"]
         return sorted({"shape": SHAPE_WORDS, "colour": COLOUR_WORDS}[concept.attribute][concept.name])
 
-    def concept_images(self, model: DiffusionModel, count: int, seed: int, steps: int = 25) -> torch.Tensor:
-        """The original model's highest-scoring images for the concept's prompts (CCE's inversion data)."""
+    def concept_images(self, model: DiffusionModel, per_prompt: int, seed: int, steps: int = 25) -> torch.Tensor:
+        """The original model's images of the concept's prompts, `per_prompt` each, in prompt order (the attack
+        images of UnlearnDiff and P4D: each prompt attacks with its own)."""
         with disable_lora(model.unet):
-            per_prompt = max(1, 2 * count // len(self.attack_sources))
-            images = generate_batched(model, self.attack_sources, per_prompt, seed, steps)
-        order = self.detector(images).scores.argsort(descending=True)
-        return images[order[:count]]
+            return generate_batched(model, self.attack_sources, per_prompt, seed, steps)
+
+    def top_images(self, images: torch.Tensor, count: int) -> torch.Tensor:
+        """The `count` images the detector scores highest (CCE's inversion data, App. B)."""
+        return images[self.detector(images).scores.argsort(descending=True)[:count]]
 
     def reference_features(self, per_prompt: int, seed: int) -> torch.Tensor:
         from ..toy.render import ShapeLabel, render_batch, to_tensor_range
@@ -158,18 +164,23 @@ def evaluate(job: EvaluateJob) -> dict:
         reference = world.reference_features(job.images_per_prompt, job.seed + 2)
         results["fid"] = fid_from_features(world.detector.features(kept), reference)
         grids.append(("preservation prompts", kept[:: job.images_per_prompt][:16]))
-    concept_images = world.concept_images(model, 32, job.seed + 4, job.sampling_steps) if job.attacks else None
+    if job.attacks:  # drawn once per row, shared by the attacks
+        per_prompt = world.concept_images(model, ATTACK_IMAGES_PER_PROMPT, job.seed + 4, job.sampling_steps)
+        pooled = world.top_images(per_prompt, 32)
     for name in job.attacks:
         banned = job.ban_concept_words and _has_field(name, "banned_words")
         config = _attack_config(name, job.attack_overrides, [f"banned_words={world.banned}"] if banned else [])
         attack = get_attack(name).attack_class(config)
+        # An attack that stops once the concept shows (UnlearnDiff, as its paper's code) gets the detector.
+        checked = {"detector": world.detector} if _has_field(name, "stop_on_success") else {}
         tic = time.perf_counter()
         result = attack.run(
             model,
             concept=job.concept,
             prompts=world.attack_sources,
-            images=concept_images,
+            images=per_prompt if _has_field(name, "images_per_prompt") else pooled,
             output_dir=out / name,
+            **checked,
         )
         result.save(out / name)
         adversarial = _generate_cond(model, result.conditionings(model), job.seed + 3, job.sampling_steps)

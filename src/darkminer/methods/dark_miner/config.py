@@ -118,7 +118,14 @@ class CircumventConfig:
     grad_clip: float = field(default=100.0, metadata={"help": "Gradient-norm clip (App. A)."})
     alpha_c: float = field(default=1.0, metadata={"help": "Weight of l_c (Eq. 7)."})
     alpha_p: float = field(default=0.5, metadata={"help": "Weight of l_p (Eq. 8)."})
-    anchor: str = field(default="a photo", metadata={"help": "Anchor prompt c0 (§3.2.3)."})
+    anchor: list[str] = field(
+        default_factory=lambda: ["a photo"],
+        metadata={
+            "help": "Anchor prompt c0 (§3.2.3). Several prompts: each image of a step draws its c0 from them, so "
+            "l_c pulls c towards their average prediction; for models on which no one prompt is free of the concept "
+            "(ShapesWorld's 'a photo' draws every shape)."
+        },
+    )
     images_per_embedding: int = field(
         default=8, metadata={"help": "Images the original model generates from each mined c, the x of Eq. 7-8 (A8)."}
     )
@@ -143,6 +150,9 @@ class CircumventConfig:
         )
         if not 0.0 <= self.current_prob <= 1.0:
             raise ValueError(f"circumvent.current_prob is a probability, got {self.current_prob}.")
+        self.anchor = [self.anchor] if isinstance(self.anchor, str) else list(self.anchor)
+        if not self.anchor or any(not str(a).strip() for a in self.anchor):
+            raise ValueError(f"circumvent.anchor needs at least one non-empty prompt, got {self.anchor!r}.")
         if self.alpha_c < 0 or self.alpha_p < 0:
             raise ValueError(f"circumvent.alpha_c and alpha_p must be >= 0, got {self.alpha_c}, {self.alpha_p}.")
 

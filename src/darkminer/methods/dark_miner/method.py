@@ -188,7 +188,7 @@ class DarkMiner:
         params = [p.requires_grad_(True) for p in _lora_parameters(model)]
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(params, lr=cfg.lr)
         with torch.no_grad():
-            anchor = model.encode_prompt(cfg.anchor)
+            anchors = model.encode_prompt(cfg.anchor)  # (A, L, D): one row per anchor prompt
             # (c, 0*c, -c) conditionings of each pool entry: fixed while the adapters train, so computed once.
             conds = [
                 torch.cat([self._condition(model, s * e.embedding.to(model.device)) for s in (1.0, 0.0, -1.0)])
@@ -208,8 +208,13 @@ class DarkMiner:
             t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=generator).to(model.device)
             x_t = model.add_noise(x0, noise, t)
             b = cfg.batch_size
+            anchor = anchors.expand(b, -1, -1)
+            if len(anchors) > 1:  # each image draws its c0
+                anchor = anchors[torch.randint(0, len(anchors), (b,), generator=generator)]
             # conditions of the adapted model: c, c0, 0*c, -c; of the frozen original: c0, 0*c, -c.
-            cond_theta = torch.cat([x.expand(b, -1, -1) for x in (c[None], anchor, zero_c[None], neg_c[None])])
+            cond_theta = torch.cat(
+                [c[None].expand(b, -1, -1), anchor, zero_c[None].expand(b, -1, -1), neg_c[None].expand(b, -1, -1)]
+            )
             with torch.no_grad(), disable_lora(model.unet):
                 target = model.predict_noise(x_t.repeat(3, 1, 1, 1), t.repeat(3), cond_theta[b:]).float()
             pred = model.predict_noise(x_t.repeat(4, 1, 1, 1), t.repeat(4), cond_theta).float()
