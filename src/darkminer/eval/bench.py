@@ -54,6 +54,7 @@ QUICK_ATTACK_OVERRIDES = [
     "unlearn_diff.steps=5",
     "unlearn_diff.max_prompts=4",
     "unlearn_diff.eval_samples=4",
+    "unlearn_diff.generate_steps=10",
     "ring_a_bell.generations=3",
     "ring_a_bell.max_prompts=4",
 ]
