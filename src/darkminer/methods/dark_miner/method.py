@@ -208,8 +208,9 @@ class DarkMiner:
             t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=generator).to(model.device)
             x_t = model.add_noise(x0, noise, t)
             b = cfg.batch_size
-            anchor = anchors.expand(b, -1, -1)
-            if len(anchors) > 1:  # each image draws its c0
+            if len(anchors) == 1:
+                anchor = anchors.expand(b, -1, -1)
+            else:  # each image draws its c0
                 anchor = anchors[torch.randint(0, len(anchors), (b,), generator=generator)]
             # conditions of the adapted model: c, c0, 0*c, -c; of the frozen original: c0, 0*c, -c.
             cond_theta = torch.cat(
