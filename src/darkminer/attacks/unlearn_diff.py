@@ -224,7 +224,7 @@ class UnlearnDiff:
                 the concept most often, and its search stops at the first check whose images all show it.
 
         Returns:
-            [`AttackResult`] with one adversarial prompt per normal prompt and its probe loss at each check.
+            [`AttackResult`] with one adversarial prompt per normal prompt and its lowest probe loss by each check.
         """
         cfg = self.config
         if cfg.num_tokens > model.max_length - 2:
