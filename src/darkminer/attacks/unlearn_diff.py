@@ -255,8 +255,8 @@ class UnlearnDiff:
                 stacklevel=2,
             )
         found, history = [], []
+        check = detector if cfg.stop_on_success else None
         for index, (prompt, x0) in enumerate(zip(kept, latents, strict=True)):
-            check = detector if cfg.stop_on_success else None
             text, losses = self._attack_prompt(model, prompt, x0, allowed, generator, index, len(sources), check)
             found.append(text)
             history.append(losses)
@@ -317,14 +317,16 @@ class UnlearnDiff:
         probe_x, probe_noise, probe_t = make_probe(model, x0, cfg.eval_samples, generator)
 
         @torch.no_grad()
-        def probe_loss(ids: torch.LongTensor) -> float:
-            cond = model.encode_prompt(token_embeds=table[ids_with_prompt(ids)][None].float())
+        def condition(ids: torch.LongTensor) -> torch.Tensor:
+            return model.encode_prompt(token_embeds=table[ids_with_prompt(ids)][None].float())
+
+        @torch.no_grad()
+        def probe_loss(cond: torch.Tensor) -> float:
             pred = model.predict_noise(probe_x, probe_t, cond.expand(len(probe_x), -1, -1))
             return F.mse_loss(pred.float(), probe_noise.float()).item()
 
         @torch.no_grad()
-        def concept_rate(ids: torch.LongTensor) -> float:
-            cond = model.encode_prompt(token_embeds=table[ids_with_prompt(ids)][None].float())
+        def concept_rate(cond: torch.Tensor) -> float:
             images = model.generate(
                 cond=cond.expand(cfg.check_images, -1, -1),
                 seed=cfg.seed + index,
@@ -334,7 +336,7 @@ class UnlearnDiff:
             return float(detector(images).decisions.float().mean())
 
         best_ids = allowed[weights.detach().argmax(dim=-1)]
-        history, best_rate = [probe_loss(best_ids)], -1.0
+        history, best_rate = [probe_loss(condition(best_ids))], -1.0
         for step in tqdm(range(cfg.steps), desc=f"unlearn_diff {index + 1}/{total}", leave=False, mininterval=2):
             x_t, noise, t = sample_noisy(model, x0, cfg.batch_size, generator)
             picks = torch.multinomial(weights.detach().cpu(), 1, generator=generator)[:, 0].to(table.device)
@@ -349,12 +351,13 @@ class UnlearnDiff:
                 weights.copy_(project_to_simplex(weights))
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 ids = allowed[weights.detach().argmax(dim=-1)]
-                value = probe_loss(ids)
+                cond = condition(ids)
+                value = probe_loss(cond)
                 if detector is None and value < history[-1]:
                     best_ids = ids
                 history.append(min(value, history[-1]))
                 if detector is not None:
-                    rate = concept_rate(ids)
+                    rate = concept_rate(cond)
                     if rate > best_rate:
                         best_ids, best_rate = ids, rate
                     if rate == 1.0:

@@ -208,7 +208,7 @@ class DarkMiner:
             t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=generator).to(model.device)
             x_t = model.add_noise(x0, noise, t)
             b = cfg.batch_size
-            if len(anchors) == 1:
+            if len(anchors) == 1:  # no draw: one-anchor runs keep the random stream they always had
                 anchor = anchors.expand(b, -1, -1)
             else:  # each image draws its c0
                 anchor = anchors[torch.randint(0, len(anchors), (b,), generator=generator)]
