@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from darkminer.methods.dark_miner import DarkMiner, DarkMinerConfig
-from darkminer.methods.dark_miner.config import MiningConfig
+from darkminer.methods.dark_miner.config import MiningConfig, PoolConfig
 from darkminer.testing import tiny_model
 
 
@@ -38,3 +38,25 @@ def test_pool_prompt_init_is_the_default():
 def test_missing_prompt_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         _init(tiny_model(), str(tmp_path / "nope.txt"))
+
+
+def _pool_prompts(source, prompt_file=None, size=5):
+    config = DarkMinerConfig(
+        pool=PoolConfig(size=size, source=source), mining=MiningConfig(init="prompt", prompt_file=prompt_file)
+    )
+    return DarkMiner(config)._pool_prompts(tiny_model(), "star")
+
+
+def test_pool_repeats_its_template_by_default():
+    assert _pool_prompts("prompt") == ["a star photo"] * 5
+
+
+def test_pool_from_concept_prompts_cycles_through_the_texts(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("a red {concept}\n# a comment\nthe blue star\n")
+    assert _pool_prompts("concept_prompts", str(path)) == ["a red star", "the blue star"] * 2 + ["a red star"]
+
+
+def test_unknown_pool_source_is_refused():
+    with pytest.raises(ValueError, match="pool.source"):
+        PoolConfig(source="folder")

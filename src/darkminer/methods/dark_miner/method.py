@@ -103,23 +103,20 @@ class DarkMiner:
         if cfg.pool.image_dir is not None:
             images = load_image_pool(cfg.pool.image_dir, model.vae.config.sample_size)
         else:
-            prompt = cfg.pool.prompt.format(concept=concept)
+            prompts = self._pool_prompts(model, concept)
             generator = torch.Generator().manual_seed(cfg.seed * 7919 + index)
-            chunks, left = [], cfg.pool.size
             with disable_lora(model.unet):
-                while left > 0:
-                    n = min(left, 64)
-                    chunks.append(
+                images = torch.cat(
+                    [
                         model.generate(
-                            prompt,
-                            num_images_per_prompt=n,
+                            prompts[start : start + 64],
                             generator=generator,
                             num_inference_steps=cfg.generate_steps,
                             guidance_scale=cfg.guidance_scale,
                         )
-                    )
-                    left -= n
-            images = torch.cat(chunks)
+                        for start in range(0, len(prompts), 64)
+                    ]
+                )
         with torch.no_grad():
             latents = torch.cat(
                 [model.encode_images(images[i : i + 64] * 2 - 1, sample=False) for i in range(0, len(images), 64)]
@@ -127,6 +124,14 @@ class DarkMiner:
         path.parent.mkdir(exist_ok=True)
         save_tensors(path, {"latents": latents, "images": (images * 255).round().to(torch.uint8)})
         return latents
+
+    def _pool_prompts(self, model: DiffusionModel, concept: str) -> list[str]:
+        """One prompt per pool image: the pool template, or the concept's texts in turn (`pool.source`)."""
+        cfg = self.config
+        if cfg.pool.source == "prompt":
+            return [cfg.pool.prompt.format(concept=concept)] * cfg.pool.size
+        texts = [fill(t, concept) for t in prompt_templates(model, concept, cfg.mining.prompt_file)]
+        return [texts[i % len(texts)] for i in range(cfg.pool.size)]
 
     # ---- stage 1: mining (Eq. 5) -----------------------------------------------------------------------------
     def _mine(self, model, concept, pool_latents, generator, run, loop):
