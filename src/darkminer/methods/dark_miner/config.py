@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
 _POOL_SOURCES = ("prompt", "concept_prompts")
+_IMAGE_MODELS = ("original", "adapted")
 _OPTIMIZERS = ("sgd", "adam")
 _TARGETS = ("all", "cross", "self")
 
@@ -137,7 +138,14 @@ class CircumventConfig:
         },
     )
     images_per_embedding: int = field(
-        default=8, metadata={"help": "Images the original model generates from each mined c, the x of Eq. 7-8 (A8)."}
+        default=8, metadata={"help": "Images generated from each mined c, the x of Eq. 7-8 (A8)."}
+    )
+    images_from: str = field(
+        default="original",
+        metadata={
+            "help": "Which model draws the x of Eq. 7-8 from c: 'original' (theta', the paper) or 'adapted' (the "
+            "model as mined and verified, whose images from c show the concept) (A13)."
+        },
     )
     current_prob: float = field(
         default=0.7,
@@ -149,6 +157,7 @@ class CircumventConfig:
 
     def __post_init__(self):
         _check_choice("circumvent", "optimizer", self.optimizer, _OPTIMIZERS)
+        _check_choice("circumvent", "images_from", self.images_from, _IMAGE_MODELS)
         _check_positive(
             "circumvent",
             steps=self.steps,

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import resource
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,10 +176,11 @@ class DarkMiner:
 
     # ---- stage 3: circumventing (Eq. 7-8) --------------------------------------------------------------------
     @torch.no_grad()
-    def _original_images(self, model, embedding, generator) -> torch.Tensor:
-        """Latents of images the frozen original draws from c: the x of Eq. 7-8."""
+    def _circumvent_images(self, model, embedding, generator) -> torch.Tensor:
+        """Latents of the x of Eq. 7-8: images the frozen original (or the adapted model, A13) draws from c."""
         cfg = self.config
-        with disable_lora(model.unet):
+        adapters_off = disable_lora(model.unet) if cfg.circumvent.images_from == "original" else nullcontext()
+        with adapters_off:
             images = model.generate(
                 cond=self._condition(model, embedding),
                 num_images_per_prompt=cfg.circumvent.images_per_embedding,
@@ -326,7 +328,7 @@ class DarkMiner:
             elif below == 0:
                 # A mined c that still reproduces the concept is circumvented; one below tau is not (§3.2.2).
                 tic = time.perf_counter()
-                latents = self._original_images(model, embedding, generator)
+                latents = self._circumvent_images(model, embedding, generator)
                 pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu()))
                 record.update(
                     circumvent=self._circumvent(model, pool, generator, run, loop),
