@@ -12,6 +12,7 @@ _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
 _POOL_SOURCES = ("prompt", "concept_prompts")
 _IMAGE_MODELS = ("original", "adapted")
+PRESERVED_TERMS = ("anchor", "zero", "negative")
 _OPTIMIZERS = ("sgd", "adam")
 _TARGETS = ("all", "cross", "self")
 
@@ -129,6 +130,13 @@ class CircumventConfig:
     grad_clip: float = field(default=100.0, metadata={"help": "Gradient-norm clip (App. A)."})
     alpha_c: float = field(default=1.0, metadata={"help": "Weight of l_c (Eq. 7)."})
     alpha_p: float = field(default=0.5, metadata={"help": "Weight of l_p (Eq. 8)."})
+    preserve: list[str] = field(
+        default_factory=lambda: list(PRESERVED_TERMS),
+        metadata={
+            "help": "Terms of l_p (Eq. 8): 'anchor' (c0), 'zero' (0*c), 'negative' (-c). The paper keeps all three "
+            "because -c and 0*c draw no concept on SD (Fig. 2); drop one whose images show the concept (A14)."
+        },
+    )
     anchor: list[str] = field(
         default_factory=lambda: ["a photo"],
         metadata={
@@ -172,6 +180,13 @@ class CircumventConfig:
         self.anchor = [self.anchor] if isinstance(self.anchor, str) else list(self.anchor)
         if not self.anchor or any(not str(a).strip() for a in self.anchor):
             raise ValueError(f"circumvent.anchor needs at least one non-empty prompt, got {self.anchor!r}.")
+        if isinstance(self.preserve, str):
+            self.preserve = [self.preserve]
+        unknown = [term for term in self.preserve if term not in PRESERVED_TERMS]
+        if unknown or len(set(self.preserve)) != len(self.preserve):
+            raise ValueError(
+                f"circumvent.preserve={self.preserve} must list distinct terms out of {PRESERVED_TERMS} (empty: none)."
+            )
         if self.alpha_c < 0 or self.alpha_p < 0:
             raise ValueError(f"circumvent.alpha_c and alpha_p must be >= 0, got {self.alpha_c}, {self.alpha_p}.")
 

@@ -219,15 +219,26 @@ class DarkMiner:
                 anchor = anchors.expand(b, -1, -1)
             else:  # each image draws its c0
                 anchor = anchors[torch.randint(0, len(anchors), (b,), generator=generator)]
-            # conditions of the adapted model: c, c0, 0*c, -c; of the frozen original: c0, 0*c, -c.
-            cond_theta = torch.cat(
-                [c[None].expand(b, -1, -1), anchor, zero_c[None].expand(b, -1, -1), neg_c[None].expand(b, -1, -1)]
-            )
+            # Eq. 7 pulls eps_theta(x_t|c) to the frozen eps_theta'(x_t|c0); Eq. 8 holds eps_theta at each preserved
+            # condition (A14) to the frozen one. The original runs on c0 and the preserved conditions other than c0.
+            terms = {
+                "anchor": anchor,
+                "zero": zero_c[None].expand(b, -1, -1),
+                "negative": neg_c[None].expand(b, -1, -1),
+            }
+            others = [name for name in cfg.preserve if name != "anchor"]
             with torch.no_grad(), disable_lora(model.unet):
-                target = model.predict_noise(x_t.repeat(3, 1, 1, 1), t.repeat(3), cond_theta[b:]).float()
-            pred = model.predict_noise(x_t.repeat(4, 1, 1, 1), t.repeat(4), cond_theta).float()
-            l_c = F.mse_loss(pred[:b], target[:b])  # Eq. 7: eps_theta(x_t|c) -> eps_theta'(x_t|c0)
-            l_p = sum(F.mse_loss(pred[b * i : b * (i + 1)], target[b * (i - 1) : b * i]) for i in (1, 2, 3))  # Eq. 8
+                cond = torch.cat([anchor, *(terms[name] for name in others)])
+                target = model.predict_noise(x_t.repeat(len(cond) // b, 1, 1, 1), t.repeat(len(cond) // b), cond)
+                targets = dict(zip(["anchor", *others], target.float().split(b), strict=True))
+            cond = torch.cat([c[None].expand(b, -1, -1), *(terms[name] for name in cfg.preserve)])
+            preds = model.predict_noise(x_t.repeat(len(cond) // b, 1, 1, 1), t.repeat(len(cond) // b), cond)
+            pred_c, *preserved = preds.float().split(b)
+            l_c = F.mse_loss(pred_c, targets["anchor"])
+            l_p = sum(
+                (F.mse_loss(p, targets[name]) for p, name in zip(preserved, cfg.preserve, strict=True)),
+                pred_c.new_zeros(()),
+            )
             loss = cfg.alpha_c * l_c + cfg.alpha_p * l_p
             check_finite("circumventing", step, {"l_c": l_c, "l_p": l_p}, run)
             optimizer.zero_grad(set_to_none=True)

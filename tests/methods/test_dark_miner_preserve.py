@@ -1,0 +1,46 @@
+"""Dark Miner's preserved terms (A14): l_p of Eq. 8 holds c0, 0*c and -c by default, or the ones configured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from darkminer.config import load_config
+from darkminer.methods.base import ErasureRequest
+from darkminer.methods.dark_miner import DarkMiner, DarkMinerConfig
+from darkminer.methods.dark_miner.config import CircumventConfig
+from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
+
+
+def _preservation_losses(tmp_path, preserve):
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", f"circumvent.preserve={preserve}"]
+    DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
+        tiny_model(), ErasureRequest(concepts=["star"]), tmp_path
+    )
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    return [x for r in records if "circumvent" in r for x in r["circumvent"]["l_p"]]
+
+
+def test_no_preserved_term_means_no_preservation_loss(tmp_path):
+    losses = _preservation_losses(tmp_path, "[]")
+    assert losses and all(x == 0.0 for x in losses)
+
+
+def test_fewer_preserved_terms_weigh_less(tmp_path):
+    full = _preservation_losses(tmp_path / "full", "[anchor, zero, negative]")
+    anchor = _preservation_losses(tmp_path / "anchor", "[anchor]")
+    # The adapters start as the identity, so the first step has l_p = 0 and the same update in both runs: the
+    # second step sees the same adapters and images, and the anchor's term is one of the full run's three.
+    assert full[0] < 1e-10 and anchor[0] < 1e-10
+    assert 0 < anchor[1] < full[1]
+
+
+@pytest.mark.parametrize("preserve", [["anchor", "minus"], ["zero", "zero"]])
+def test_bad_preserved_terms_are_refused(preserve):
+    with pytest.raises(ValueError, match="circumvent.preserve"):
+        CircumventConfig(preserve=preserve)
+
+
+def test_one_term_may_be_given_as_a_string():
+    assert CircumventConfig(preserve="negative").preserve == ["negative"]
