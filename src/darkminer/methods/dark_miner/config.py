@@ -12,7 +12,7 @@ _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
 _POOL_SOURCES = ("prompt", "concept_prompts")
 _IMAGE_MODELS = ("original", "adapted")
-PRESERVED_TERMS = ("anchor", "zero", "negative")
+_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _OPTIMIZERS = ("sgd", "adam")
 _TARGETS = ("all", "cross", "self")
 
@@ -131,7 +131,7 @@ class CircumventConfig:
     alpha_c: float = field(default=1.0, metadata={"help": "Weight of l_c (Eq. 7)."})
     alpha_p: float = field(default=0.5, metadata={"help": "Weight of l_p (Eq. 8)."})
     preserve: list[str] = field(
-        default_factory=lambda: list(PRESERVED_TERMS),
+        default_factory=lambda: list(_PRESERVED_TERMS),
         metadata={
             "help": "Terms of l_p (Eq. 8): 'anchor' (c0), 'zero' (0*c), 'negative' (-c). The paper keeps all three "
             "because -c and 0*c draw no concept on SD (Fig. 2); drop one whose images show the concept (A14)."
@@ -182,10 +182,10 @@ class CircumventConfig:
             raise ValueError(f"circumvent.anchor needs at least one non-empty prompt, got {self.anchor!r}.")
         if isinstance(self.preserve, str):
             self.preserve = [self.preserve]
-        unknown = [term for term in self.preserve if term not in PRESERVED_TERMS]
+        unknown = [term for term in self.preserve if term not in _PRESERVED_TERMS]
         if unknown or len(set(self.preserve)) != len(self.preserve):
             raise ValueError(
-                f"circumvent.preserve={self.preserve} must list distinct terms out of {PRESERVED_TERMS} (empty: none)."
+                f"circumvent.preserve={self.preserve} must list distinct terms of {_PRESERVED_TERMS} (or none: [])."
             )
         if self.alpha_c < 0 or self.alpha_p < 0:
             raise ValueError(f"circumvent.alpha_c and alpha_p must be >= 0, got {self.alpha_c}, {self.alpha_p}.")

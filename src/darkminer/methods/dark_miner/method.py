@@ -46,7 +46,7 @@ from .config import DarkMinerConfig
 
 @dataclass
 class MinedEmbedding:
-    """One entry of the embedding pool P_E: a mined c with the latents of the images the original drew from it."""
+    """One entry of the embedding pool P_E: a mined c with the latents of the images drawn from it (x of Eq. 7-8)."""
 
     concept: str
     loop: int
