@@ -60,3 +60,8 @@ def test_pool_from_concept_prompts_cycles_through_the_texts(tmp_path):
 def test_unknown_pool_source_is_refused():
     with pytest.raises(ValueError, match="pool.source"):
         PoolConfig(source="folder")
+
+
+def test_pool_source_with_an_image_folder_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="pool.image_dir"):
+        PoolConfig(source="concept_prompts", image_dir=str(tmp_path))

@@ -36,7 +36,7 @@ def test_fewer_preserved_terms_weigh_less(tmp_path):
     assert 0 < anchor[1] < full[1]
 
 
-@pytest.mark.parametrize("preserve", [["anchor", "minus"], ["zero", "zero"]])
+@pytest.mark.parametrize("preserve", [["anchor", "minus"], ["zero", "zero"], [None]])
 def test_bad_preserved_terms_are_refused(preserve):
     with pytest.raises(ValueError, match="circumvent.preserve"):
         CircumventConfig(preserve=preserve)
@@ -44,3 +44,12 @@ def test_bad_preserved_terms_are_refused(preserve):
 
 def test_one_term_may_be_given_as_a_string():
     assert CircumventConfig(preserve="negative").preserve == ["negative"]
+
+
+def test_terms_are_kept_in_one_order():
+    assert CircumventConfig(preserve=("negative", "anchor")).preserve == ["anchor", "negative"]
+
+
+def test_no_value_is_refused():
+    with pytest.raises(ValueError, match="circumvent.preserve"):
+        CircumventConfig(preserve=None)

@@ -47,6 +47,11 @@ class PoolConfig:
     def __post_init__(self):
         _check_positive("pool", size=self.size)
         _check_choice("pool", "source", self.source, _POOL_SOURCES)
+        if self.image_dir is not None and self.source != "prompt":
+            raise ValueError(
+                f"pool.source={self.source!r} chooses the prompts of a generated pool, but pool.image_dir is set: "
+                "drop one of the two."
+            )
         if "{concept}" not in self.prompt:
             raise ValueError(f"pool.prompt must contain '{{concept}}', got {self.prompt!r}.")
 
@@ -180,13 +185,12 @@ class CircumventConfig:
         self.anchor = [self.anchor] if isinstance(self.anchor, str) else list(self.anchor)
         if not self.anchor or any(not str(a).strip() for a in self.anchor):
             raise ValueError(f"circumvent.anchor needs at least one non-empty prompt, got {self.anchor!r}.")
-        if isinstance(self.preserve, str):
-            self.preserve = [self.preserve]
-        unknown = [term for term in self.preserve if term not in _PRESERVED_TERMS]
-        if unknown or len(set(self.preserve)) != len(self.preserve):
+        preserve = [self.preserve] if isinstance(self.preserve, str) else self.preserve
+        if preserve is None or any(t not in _PRESERVED_TERMS for t in preserve) or len(set(preserve)) != len(preserve):
             raise ValueError(
-                f"circumvent.preserve={self.preserve} must list distinct terms of {_PRESERVED_TERMS} (or none: [])."
+                f"circumvent.preserve={self.preserve!r} must list distinct terms of {_PRESERVED_TERMS} (or none: [])."
             )
+        self.preserve = [term for term in _PRESERVED_TERMS if term in preserve]  # one order: one run config
         if self.alpha_c < 0 or self.alpha_p < 0:
             raise ValueError(f"circumvent.alpha_c and alpha_p must be >= 0, got {self.alpha_c}, {self.alpha_p}.")
 
