@@ -13,8 +13,8 @@ from darkminer.methods.dark_miner.config import CircumventConfig
 from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
 
 
-def _preservation_losses(tmp_path, preserve):
-    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", f"circumvent.preserve={preserve}"]
+def _preservation_losses(tmp_path, preserve, *extra):
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", f"circumvent.preserve={preserve}", *extra]
     DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
         tiny_model(), ErasureRequest(concepts=["star"]), tmp_path
     )
@@ -53,3 +53,12 @@ def test_terms_are_kept_in_one_order():
 def test_no_value_is_refused():
     with pytest.raises(ValueError, match="circumvent.preserve"):
         CircumventConfig(preserve=None)
+
+
+def test_extra_prompts_are_held(tmp_path):
+    losses = _preservation_losses(tmp_path, "[]", "circumvent.preserve_prompts=[a circle photo, a square photo]")
+    assert losses[0] < 1e-10 and all(0 < x < float("inf") for x in losses[1:])
+
+
+def test_one_extra_prompt_may_be_given_as_a_string():
+    assert CircumventConfig(preserve_prompts="a solid red circle").preserve_prompts == ["a solid red circle"]

@@ -142,6 +142,13 @@ class CircumventConfig:
             "because -c and 0*c draw no concept on SD (Fig. 2); drop one whose images show the concept (A14)."
         },
     )
+    preserve_prompts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Prompts l_p also holds, each image of a step drawing one (none in the paper): concept-free "
+            "prompts for a model on which 0*c or -c draw the concept (A14)."
+        },
+    )
     anchor: list[str] = field(
         default_factory=lambda: ["a photo"],
         metadata={
@@ -191,6 +198,9 @@ class CircumventConfig:
                 f"circumvent.preserve={self.preserve!r} must list distinct terms of {_PRESERVED_TERMS} (or none: [])."
             )
         self.preserve = [term for term in _PRESERVED_TERMS if term in preserve]  # one order: one run config
+        self.preserve_prompts = (
+            [self.preserve_prompts] if isinstance(self.preserve_prompts, str) else list(self.preserve_prompts or [])
+        )
         if self.alpha_c < 0 or self.alpha_p < 0:
             raise ValueError(f"circumvent.alpha_c and alpha_p must be >= 0, got {self.alpha_c}, {self.alpha_p}.")
 

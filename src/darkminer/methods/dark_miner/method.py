@@ -198,6 +198,7 @@ class DarkMiner:
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(params, lr=cfg.lr)
         with torch.no_grad():
             anchors = model.encode_prompt(cfg.anchor)  # (A, L, D): one row per anchor prompt
+            held = model.encode_prompt(cfg.preserve_prompts) if cfg.preserve_prompts else None
             # (c, 0*c, -c) conditionings of each pool entry: fixed while the adapters train, so computed once.
             conds = [
                 torch.cat([self._condition(model, s * e.embedding.to(model.device)) for s in (1.0, 0.0, -1.0)])
@@ -228,17 +229,21 @@ class DarkMiner:
                 "zero": zero_c[None].expand(b, -1, -1),
                 "negative": neg_c[None].expand(b, -1, -1),
             }
-            others = [name for name in cfg.preserve if name != "anchor"]
+            names = list(cfg.preserve)
+            if held is not None:  # each image draws one of the extra prompts
+                terms["prompts"] = held[torch.randint(0, len(held), (b,), generator=generator)]
+                names.append("prompts")
+            others = [name for name in names if name != "anchor"]
             with torch.no_grad(), disable_lora(model.unet):
                 cond = torch.cat([anchor, *(terms[name] for name in others)])
                 target = model.predict_noise(x_t.repeat(len(cond) // b, 1, 1, 1), t.repeat(len(cond) // b), cond)
                 targets = dict(zip(["anchor", *others], target.float().split(b), strict=True))
-            cond = torch.cat([c[None].expand(b, -1, -1), *(terms[name] for name in cfg.preserve)])
+            cond = torch.cat([c[None].expand(b, -1, -1), *(terms[name] for name in names)])
             preds = model.predict_noise(x_t.repeat(len(cond) // b, 1, 1, 1), t.repeat(len(cond) // b), cond)
             pred_c, *preserved = preds.float().split(b)
             l_c = F.mse_loss(pred_c, targets["anchor"])
             l_p = sum(
-                (F.mse_loss(p, targets[name]) for p, name in zip(preserved, cfg.preserve, strict=True)),
+                (F.mse_loss(p, targets[name]) for p, name in zip(preserved, names, strict=True)),
                 pred_c.new_zeros(()),
             )
             loss = cfg.alpha_c * l_c + cfg.alpha_p * l_p
