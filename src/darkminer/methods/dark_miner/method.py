@@ -81,12 +81,16 @@ class DarkMiner:
             return model.encode_prompt(token_embeds=embedding)
         return embedding
 
+    def _concept_texts(self, model: DiffusionModel, concept: str) -> list[str]:
+        """The concept's texts (`mining.prompt_file`, or ShapesWorld's training prompts) with the concept filled in."""
+        return [fill(t, concept) for t in prompt_templates(model, concept, self.config.mining.prompt_file)]
+
     def _initial_embedding(self, model: DiffusionModel, concept: str, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config.mining
         prompt = self.config.pool.prompt.format(concept=concept)
         if cfg.init == "concept_prompts":
-            templates = prompt_templates(model, concept, cfg.prompt_file)
-            prompt = fill(templates[int(torch.randint(0, len(templates), (), generator=generator))], concept)
+            texts = self._concept_texts(model, concept)
+            prompt = texts[int(torch.randint(0, len(texts), (), generator=generator))]
         with torch.no_grad():
             if cfg.embedding_space == "token":
                 start = model.prompt_token_embeddings(prompt, cfg.length)
@@ -133,7 +137,7 @@ class DarkMiner:
         cfg = self.config
         if cfg.pool.source == "prompt":
             return [cfg.pool.prompt.format(concept=concept)] * cfg.pool.size
-        texts = [fill(t, concept) for t in prompt_templates(model, concept, cfg.mining.prompt_file)]
+        texts = self._concept_texts(model, concept)
         return [texts[i % len(texts)] for i in range(cfg.pool.size)]
 
     # ---- stage 1: mining (Eq. 5) -----------------------------------------------------------------------------
