@@ -1,4 +1,5 @@
-"""Dark Miner's preserved terms (A14): l_p of Eq. 8 holds c0, 0*c and -c by default, or the ones configured."""
+"""Dark Miner's preserved terms (A14): l_p of Eq. 8 holds c0, 0*c and -c by default, or the ones configured (the
+empty prompt of classifier-free guidance among them)."""
 
 from __future__ import annotations
 
@@ -42,12 +43,32 @@ def test_bad_preserved_terms_are_refused(preserve):
         CircumventConfig(preserve=preserve)
 
 
+def test_the_paper_terms_are_the_default():
+    assert CircumventConfig().preserve == ["anchor", "zero", "negative"]
+
+
+def test_the_unconditional_prediction_is_held(tmp_path):
+    losses = _preservation_losses(tmp_path, "[unconditional]")
+    assert losses[0] < 1e-10 and all(0 < x < float("inf") for x in losses[1:])
+
+
+def test_holding_the_unconditional_prediction_adds_a_term(tmp_path):
+    paper = _preservation_losses(tmp_path / "paper", "[anchor, zero, negative]")
+    more = _preservation_losses(tmp_path / "more", "[anchor, zero, negative, unconditional]")
+    assert paper[0] < 1e-10 and more[0] < 1e-10
+    assert 0 < paper[1] < more[1]
+
+
 def test_one_term_may_be_given_as_a_string():
     assert CircumventConfig(preserve="negative").preserve == ["negative"]
 
 
 def test_terms_are_kept_in_one_order():
-    assert CircumventConfig(preserve=("negative", "anchor")).preserve == ["anchor", "negative"]
+    assert CircumventConfig(preserve=("unconditional", "negative", "anchor")).preserve == [
+        "anchor",
+        "negative",
+        "unconditional",
+    ]
 
 
 def test_no_value_is_refused():

@@ -12,7 +12,8 @@ _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
 _POOL_SOURCES = ("prompt", "concept_prompts")
 _IMAGE_MODELS = ("original", "adapted")
-_PRESERVED_TERMS = ("anchor", "zero", "negative")
+_PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
+_PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _OPTIMIZERS = ("sgd", "adam")
 _TARGETS = ("all", "cross", "self")
 
@@ -136,10 +137,12 @@ class CircumventConfig:
     alpha_c: float = field(default=1.0, metadata={"help": "Weight of l_c (Eq. 7)."})
     alpha_p: float = field(default=0.5, metadata={"help": "Weight of l_p (Eq. 8)."})
     preserve: list[str] = field(
-        default_factory=lambda: list(_PRESERVED_TERMS),
+        default_factory=lambda: list(_PAPER_PRESERVED_TERMS),
         metadata={
-            "help": "Terms of l_p (Eq. 8): 'anchor' (c0), 'zero' (0*c), 'negative' (-c). The paper keeps all three "
-            "because -c and 0*c draw no concept on SD (Fig. 2); drop one whose images show the concept (A14)."
+            "help": "Terms of l_p (Eq. 8): 'anchor' (c0), 'zero' (0*c), 'negative' (-c), and 'unconditional' (the "
+            "empty prompt of classifier-free guidance, not in the paper). The paper keeps the first three because -c "
+            "and 0*c draw no concept on SD (Fig. 2); drop one whose images show the concept, add 'unconditional' "
+            "when the erasure moves the empty prompt's prediction and guidance turns against other prompts (A14)."
         },
     )
     preserve_prompts: list[str] = field(
