@@ -7,6 +7,8 @@ pool images drawn as the preset draws them; a tau between the two groups makes t
 embedding no longer draws the concept".
 
     python scripts/calibrate_tau.py star --with "a star photo" "a yellow star" --without "a circle photo" "a blue square"
+
+`--set` takes dotted overrides of the preset, e.g. `--set verify.score=projection verify.pairs=16`.
 """
 
 import argparse
@@ -27,14 +29,14 @@ def main() -> None:
     parser.add_argument("--with", dest="positive", nargs="+", required=True, help="Prompts that ask for the concept.")
     parser.add_argument("--without", dest="negative", nargs="+", required=True, help="Prompts that do not.")
     parser.add_argument("--repeats", type=int, default=4, help="Verifications per prompt, each on new pool images.")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], help="Dotted overrides of the preset.")
     args = parser.parse_args()
 
-    config = load_config(DarkMinerConfig, preset_path("dark_miner", args.concept))
+    config = load_config(DarkMinerConfig, preset_path("dark_miner", args.concept), args.overrides)
     miner, model = DarkMiner(config), load_model(args.model)
     k = config.mining.images_per_loop
     pool = model.generate(
-        config.pool.prompt.format(concept=args.concept),
-        num_images_per_prompt=k * args.repeats,
+        miner._pool_prompts(model, args.concept),
         seed=config.seed,
         num_inference_steps=config.generate_steps,
         guidance_scale=config.guidance_scale,
@@ -42,10 +44,11 @@ def main() -> None:
     for group, prompts in (("with", args.positive), ("without", args.negative)):
         for prompt in prompts:
             embedding = model.prompt_token_embeddings(prompt, config.mining.length).float()
-            scores = [
-                miner._verify(model, embedding, pool[i * k : (i + 1) * k], torch.Generator().manual_seed(i))
-                for i in range(args.repeats)
-            ]
+            scores = []
+            for i in range(args.repeats):
+                generator = torch.Generator().manual_seed(i)
+                picks = torch.randperm(len(pool), generator=generator)[:k]
+                scores.append(miner._verify(model, embedding, pool, picks, generator))
             print(f"{group:8s} {prompt!r:28s} s(c) " + " ".join(f"{s:.2f}" for s in scores))
 
 

@@ -15,6 +15,7 @@ _IMAGE_MODELS = ("original", "adapted")
 _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _OPTIMIZERS = ("sgd", "adam")
+_SCORES = ("cosine", "projection")
 _TARGETS = ("all", "cross", "self")
 
 
@@ -107,6 +108,15 @@ class MiningConfig:
 class VerifyConfig:
     """Verifying (Eq. 6): CLIP delta-feature score s(c) against the threshold tau (A5, A6)."""
 
+    score: str = field(
+        default="cosine",
+        metadata={
+            "help": "'cosine': Eq. 6, the mean cosine between each target's and each pool image's delta feature "
+            "from the reference; 'projection': how far the targets move from the references towards the whole "
+            "pool, along the mean pool-minus-reference delta, in units of that delta (1: as far as the pool, 0: "
+            "no farther than the reference; not in the paper, A15)."
+        },
+    )
     tau: float = field(default=0.2, metadata={"help": "Threshold: s(c) < tau counts towards stopping (App. A)."})
     pairs: int = field(default=4, metadata={"help": "(x_c, x_r) pairs, each from shared initial noise (A5)."})
     patience: int = field(
@@ -118,8 +128,9 @@ class VerifyConfig:
     guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for x_c and x_r."})
 
     def __post_init__(self):
-        if not -1.0 <= self.tau <= 1.0:
-            raise ValueError(f"verify.tau is a cosine threshold in [-1, 1], got {self.tau}.")
+        _check_choice("verify", "score", self.score, _SCORES)
+        if self.score == "cosine" and not -1.0 <= self.tau <= 1.0:
+            raise ValueError(f"verify.tau is a cosine threshold in [-1, 1] for score='cosine', got {self.tau}.")
         _check_positive("verify", pairs=self.pairs, patience=self.patience, steps=self.steps)
 
 

@@ -7,7 +7,8 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    embedding that still draws the concept best, whatever words (or non-words) it corresponds to.
 2. **Verifying** (Eq. 6): generate x_c from c and a reference x_r from "a photo", and score
    s(c) = mean_{x_e} cos(Enc(x_c) - Enc(x_r), Enc(x_e) - Enc(x_r)) with CLIP image features over the k pool
-   images x_e. If s(c) < tau the concept is no longer reachable (we require it `patience` loops in a row).
+   images x_e (or, with `verify.score='projection'`, how far x_c moves from x_r along the pool's mean delta; A15).
+   If s(c) < tau the concept is no longer reachable (we require it `patience` loops in a row).
 3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections so that the mined c predicts
    what the frozen original predicts for the anchor c0, l_c = ||eps_theta(x_t|c) - eps_theta'(x_t|c0)||^2,
    while keeping c0, 0*c and -c as they were, l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is
@@ -15,8 +16,8 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    probability 1 - r.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
-silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A14: several anchors, tau for another CLIP,
-which model draws x, which conditions l_p holds), all fields of [`DarkMinerConfig`].
+silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A15: several anchors, tau for another CLIP,
+which model draws x, which conditions l_p holds, the verification score), all fields of [`DarkMinerConfig`].
 """
 
 from __future__ import annotations
@@ -56,6 +57,30 @@ class MinedEmbedding:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def delta_cosine(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) -> float:
+    """Eq. 6: mean cosine between each target's delta feature f_c - f_r and each pool image's f_e - f_r.
+
+    Args:
+        f_c, f_r (`torch.Tensor` of shape `(pairs, d)`): features of the targets and of their references (pair i
+            shares its initial noise).
+        f_e (`torch.Tensor` of shape `(k, d)`): features of the pool images.
+    """
+    delta_c = F.normalize(f_c - f_r, dim=-1)
+    delta_e = F.normalize(f_e[None] - f_r[:, None], dim=-1)  # (pairs, k, d)
+    return float((delta_e * delta_c[:, None]).sum(-1).mean())
+
+
+def delta_projection(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) -> float:
+    """A15: the targets' mean delta feature projected on the pool's, in units of the pool's.
+
+    With u = mean(f_e) - mean(f_r), s = mean_i <f_c[i] - f_r[i], u> / <u, u>: 1 when the targets differ from their
+    references as much as the pool does along u, 0 when they do not differ along it. Whatever else the images differ
+    in (colour, layout) varies from image to image and averages out of u; in Eq. 6 it lowers every cosine instead.
+    """
+    direction = f_e.mean(0) - f_r.mean(0)
+    return float(((f_c - f_r) @ direction).mean() / direction.square().sum())
 
 
 def _lora_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
@@ -167,7 +192,13 @@ class DarkMiner:
 
     # ---- stage 2: verifying (Eq. 6) --------------------------------------------------------------------------
     @torch.no_grad()
-    def _verify(self, model, embedding, pool_images, generator) -> float:
+    def _verify(self, model, embedding, pool_images, picks, generator) -> float:
+        """s(c): do images from c differ from the anchor's reference images the way the pool's images do?
+
+        `verify.score='cosine'` is Eq. 6 on the k pool images `picks` that mining used. 'projection' (A15) projects
+        each target's delta feature on the mean delta of the whole pool, so that what the images differ in besides
+        the concept (which varies from image to image) averages out instead of lowering every cosine.
+        """
         cfg = self.config.verify
         latents = model.prepare_latents(cfg.pairs, generator=generator)
         kwargs = dict(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale)
@@ -175,10 +206,10 @@ class DarkMiner:
             cond=self._condition(model, embedding), num_images_per_prompt=cfg.pairs, latents=latents.clone(), **kwargs
         )
         x_r = model.generate(cfg.anchor, num_images_per_prompt=cfg.pairs, latents=latents.clone(), **kwargs)
-        f_c, f_r, f_e = image_features(model, x_c), image_features(model, x_r), image_features(model, pool_images)
-        delta_c = F.normalize(f_c - f_r, dim=-1)  # (pairs, d)
-        delta_e = F.normalize(f_e[None] - f_r[:, None], dim=-1)  # (pairs, k, d)
-        return float((delta_e * delta_c[:, None]).sum(-1).mean())
+        f_c, f_r = image_features(model, x_c), image_features(model, x_r)
+        if cfg.score == "projection":
+            return delta_projection(f_c, f_r, image_features(model, pool_images))
+        return delta_cosine(f_c, f_r, image_features(model, pool_images[picks]))
 
     # ---- stage 3: circumventing (Eq. 7-8) --------------------------------------------------------------------
     @torch.no_grad()
@@ -343,7 +374,7 @@ class DarkMiner:
                 mining_loss=mining_losses, mining_seconds=time.perf_counter() - tic, mining_peak_rss_mb=_peak_rss_mb()
             )
             tic = time.perf_counter()
-            score = self._verify(model, embedding, pool_images[concept][picks], generator)
+            score = self._verify(model, embedding, pool_images[concept], picks, generator)
             record.update(score=score, verify_seconds=time.perf_counter() - tic, verify_peak_rss_mb=_peak_rss_mb())
             below = state["below"][concept] = state["below"][concept] + 1 if score < cfg.verify.tau else 0
             if below >= cfg.verify.patience:
