@@ -6,7 +6,7 @@ for the concept and of prompts that do not, on the original model, with the pres
 pool images drawn as the preset draws them; a tau between the two groups makes the stop rule mean "the mined
 embedding no longer draws the concept".
 
-    python scripts/calibrate_tau.py star --with "a star photo" "a yellow star" --without "a circle photo" "a blue square"
+    python scripts/calibrate_tau.py star --with "a star photo" "a yellow star" --without "a circle photo" "a square"
 
 `--set` takes dotted overrides of the preset, e.g. `--set verify.score=projection verify.pairs=16`.
 """

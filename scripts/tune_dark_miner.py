@@ -5,30 +5,8 @@ plus dotted overrides, then print s(c) per loop and the erased model's figures (
 """
 
 import sys
-import time
 
-from darkminer.demo import preset_path
-from darkminer.erase import EraseJob, run_erase
-from darkminer.eval.shapesworld import erasure_table
-from darkminer.toy.judge import ShapesJudge, load_classifier
-
-
-def main(concept: str, output_dir: str, *overrides: str) -> None:
-    start = time.time()
-    job = EraseJob(
-        model="shapesworld",
-        method="dark_miner",
-        concepts=[concept],
-        output_dir=output_dir,
-        config_file=str(preset_path("dark_miner", concept)),
-        overrides=list(overrides),
-        report=False,
-    )
-    result, model, _ = run_erase(job)
-    print("erase seconds", round(time.time() - start), [(h["loop"], round(h["score"], 3)) for h in result.history])
-    after = erasure_table(model, ShapesJudge(load_classifier("shapesworld")), concept, per_prompt=2)
-    print("after", {k: round(v, 3) for k, v in after.items()})
-
+from tune_method import tune
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    tune("dark_miner", *sys.argv[1:])

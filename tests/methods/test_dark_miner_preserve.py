@@ -71,9 +71,11 @@ def test_terms_are_kept_in_one_order():
     ]
 
 
-def test_no_value_is_refused():
-    with pytest.raises(ValueError, match="circumvent.preserve"):
-        CircumventConfig(preserve=None)
+@pytest.mark.parametrize("name", ["anchor", "preserve", "preserve_prompts"])
+def test_no_value_is_refused_by_name(name):
+    """An empty YAML value (None) is an error naming the field, the same for every field of prompts or terms."""
+    with pytest.raises(ValueError, match=rf"circumvent\.{name} is empty"):
+        CircumventConfig(**{name: None})
 
 
 def test_extra_prompts_are_held(tmp_path):

@@ -30,6 +30,15 @@ def _check_choice(owner: str, name: str, value: str, choices: tuple[str, ...]) -
         raise ValueError(f"{owner}.{name}={value!r} is not one of {choices}.")
 
 
+def _string_list(owner: str, name: str, value) -> list[str]:
+    """A field that takes one string or a list of them, as a list; None (an empty YAML value) is refused by name."""
+    if isinstance(value, str):
+        return [value]
+    if value is None:
+        raise ValueError(f"{owner}.{name} is empty: give a string, a list, or [] for none.")
+    return [str(item) for item in value]
+
+
 @dataclass
 class PoolConfig:
     """The image pool P_I of §3.2.1 (A3)."""
@@ -203,18 +212,16 @@ class CircumventConfig:
         )
         if not 0.0 <= self.current_prob <= 1.0:
             raise ValueError(f"circumvent.current_prob is a probability, got {self.current_prob}.")
-        self.anchor = [self.anchor] if isinstance(self.anchor, str) else list(self.anchor)
-        if not self.anchor or any(not str(a).strip() for a in self.anchor):
+        self.anchor = _string_list("circumvent", "anchor", self.anchor)
+        if not self.anchor or any(not a.strip() for a in self.anchor):
             raise ValueError(f"circumvent.anchor needs at least one non-empty prompt, got {self.anchor!r}.")
-        preserve = [self.preserve] if isinstance(self.preserve, str) else self.preserve
-        if preserve is None or any(t not in _PRESERVED_TERMS for t in preserve) or len(set(preserve)) != len(preserve):
+        preserve = _string_list("circumvent", "preserve", self.preserve)
+        if any(t not in _PRESERVED_TERMS for t in preserve) or len(set(preserve)) != len(preserve):
             raise ValueError(
                 f"circumvent.preserve={self.preserve!r} must list distinct terms of {_PRESERVED_TERMS} (or none: [])."
             )
         self.preserve = [term for term in _PRESERVED_TERMS if term in preserve]  # one order: one run config
-        self.preserve_prompts = (
-            [self.preserve_prompts] if isinstance(self.preserve_prompts, str) else list(self.preserve_prompts or [])
-        )
+        self.preserve_prompts = _string_list("circumvent", "preserve_prompts", self.preserve_prompts)
         if self.alpha_c < 0 or self.alpha_p < 0:
             raise ValueError(f"circumvent.alpha_c and alpha_p must be >= 0, got {self.alpha_c}, {self.alpha_p}.")
 

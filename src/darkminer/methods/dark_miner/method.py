@@ -234,7 +234,8 @@ class DarkMiner:
         with torch.no_grad():
             anchors = model.encode_prompt(cfg.anchor)  # (A, L, D): one row per anchor prompt
             held = model.encode_prompt(cfg.preserve_prompts) if cfg.preserve_prompts else None
-            empty = model.encode_unconditional()  # what classifier-free guidance subtracts
+            # what classifier-free guidance subtracts, encoded only when l_p holds it
+            empty = model.encode_unconditional() if "unconditional" in cfg.preserve else None
             # (c, 0*c, -c) conditionings of each pool entry: fixed while the adapters train, so computed once.
             conds = [
                 torch.cat([self._condition(model, s * e.embedding.to(model.device)) for s in (1.0, 0.0, -1.0)])
@@ -264,8 +265,9 @@ class DarkMiner:
                 "anchor": anchor,
                 "zero": zero_c[None].expand(b, -1, -1),
                 "negative": neg_c[None].expand(b, -1, -1),
-                "unconditional": empty.expand(b, -1, -1),
             }
+            if empty is not None:
+                terms["unconditional"] = empty.expand(b, -1, -1)
             names = list(cfg.preserve)
             if held is not None:  # each image draws one of the extra prompts
                 terms["prompts"] = held[torch.randint(0, len(held), (b,), generator=generator)]
