@@ -8,6 +8,7 @@ library classes underneath.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +38,9 @@ __all__ = ["DiffusionModel"]
 StepCallback = Callable[
     ["DiffusionModel", int, torch.Tensor, dict[str, torch.Tensor]], "dict[str, torch.Tensor] | None"
 ]
+
+# transformers 5 renamed create_causal_mask's `past_key_values` to `cache` and warns on the old name.
+_NO_CACHE = {("cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"): None}
 
 
 def _as_list(prompts: str | Sequence[str]) -> list[str]:
@@ -273,9 +277,7 @@ class DiffusionModel:
         # forward does: position embeddings, causal self-attention mask, encoder, final layer norm.
         encoder = self.text_encoder
         hidden = encoder.embeddings(inputs_embeds=inputs_embeds)
-        mask = create_causal_mask(
-            config=encoder.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None
-        )
+        mask = create_causal_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=None, **_NO_CACHE)
         hidden = encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
         return encoder.final_layer_norm(hidden)
 
