@@ -78,6 +78,12 @@ def test_no_value_is_refused_by_name(name):
         CircumventConfig(**{name: None})
 
 
+@pytest.mark.parametrize("value", [5, ["a solid red circle", None]])
+def test_a_value_that_is_not_strings_is_refused_by_name(value):
+    with pytest.raises(ValueError, match=r"circumvent\.preserve_prompts=.*string"):
+        CircumventConfig(preserve_prompts=value)
+
+
 def test_extra_prompts_are_held(tmp_path):
     losses = _preservation_losses(tmp_path, "[]", "circumvent.preserve_prompts=[a circle photo, a square photo]")
     assert losses[0] < 1e-10 and all(0 < x < float("inf") for x in losses[1:])

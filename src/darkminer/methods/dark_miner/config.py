@@ -31,12 +31,15 @@ def _check_choice(owner: str, name: str, value: str, choices: tuple[str, ...]) -
 
 
 def _string_list(owner: str, name: str, value) -> list[str]:
-    """A field that takes one string or a list of them, as a list; None (an empty YAML value) is refused by name."""
+    """A field that takes one string or a list of them, as a list; anything else (None: an empty YAML value, a
+    number, a blank list item) is refused by name."""
     if isinstance(value, str):
         return [value]
     if value is None:
         raise ValueError(f"{owner}.{name} is empty: give a string, a list, or [] for none.")
-    return [str(item) for item in value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{owner}.{name}={value!r} must be a string or a list of strings.")
+    return list(value)
 
 
 @dataclass
