@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from darkminer.methods.ca import prompt_pairs
-from darkminer.methods.esd import esd_loss, esd_target_modules, partial_trajectory
+from darkminer.methods.esd import EsdConfig, esd_loss, esd_target_modules, partial_trajectory
 from darkminer.methods.prompts import fill, prompt_templates
 from darkminer.models import add_lora
 from darkminer.testing import tiny_model
@@ -40,6 +40,17 @@ def test_esd_variants_split_the_linear_layers(model):
     assert xattn and noxattn and not set(xattn) & set(noxattn)
     assert all(".attn2." in n for n in xattn)
     assert not any(n.startswith("time_embedding.") for n in noxattn)
+
+
+def test_esd_narrow_variants_edit_cross_attention_keys_and_values_only(model):
+    xattn = esd_target_modules(model.unet, "xattn")
+    strict = esd_target_modules(model.unet, "xattn-strict")
+    keys = esd_target_modules(model.unet, "xattn-keys")
+    assert set(keys) < set(strict) < set(xattn)
+    assert all(n.endswith(".attn2.to_k") for n in keys)
+    assert {n.rsplit(".", 1)[1] for n in strict} == {"to_k", "to_v"}
+    with pytest.raises(ValueError, match="train_method"):
+        EsdConfig(train_method="xattn-values")
 
 
 def test_esd_loss_vanishes_for_an_identity_adapter_with_eta_zero_and_the_empty_concept():

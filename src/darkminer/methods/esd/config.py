@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TRAIN_METHODS = ("xattn", "noxattn")
+TRAIN_METHODS = ("xattn", "noxattn", "xattn-strict", "xattn-keys")
 
 
 @dataclass
@@ -20,9 +20,11 @@ class EsdConfig:
     train_method: str = field(
         default="noxattn",
         metadata={
-            "help": "'xattn' (ESD-x: LoRA on every cross-attention projection; the paper's choice for art styles) "
-            "or 'noxattn' (ESD-u: LoRA on every other Linear layer outside the time embedding; the paper's choice "
-            "for nudity and objects)."
+            "help": "'xattn' (ESD-x: LoRA on every cross-attention projection; the paper's choice for art styles), "
+            "'noxattn' (ESD-u: LoRA on every other Linear layer outside the time embedding; the paper's choice "
+            "for nudity and objects), 'xattn-strict' (the authors' later ESD-x-strict: cross-attention keys and "
+            "values only) or 'xattn-keys' (darkminer's: cross-attention keys only, so the edit moves where the "
+            "image attends and writes no new content into any token's value)."
         },
     )
     negative_guidance: float = field(default=1.0, metadata={"help": "eta, the negative guidance (paper: 1.0)."})

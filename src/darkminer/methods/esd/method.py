@@ -12,7 +12,12 @@ the latent there, so training follows what the model being edited would actually
 
 Variants (the paper's): ESD-x (`train_method="xattn"`) edits the cross-attention projections only, the paper's
 choice for art styles; ESD-u (`"noxattn"`) edits every other layer (here: every Linear outside cross-attention and
-the time embedding), its choice for nudity and objects. We train a LoRA adapter on those layers instead of the
+the time embedding), its choice for nudity and objects. Two narrower ones: `"xattn-strict"`, the authors' later
+ESD-x-strict of their released code (cross-attention keys and values), and `"xattn-keys"`, darkminer's (keys
+only). A value edit is linear in the token's text embedding, so the negated concept also reaches the tokens whose
+embeddings lie opposite it: erasing `red` from ShapesWorld with values in the edit drew blue shapes purple and
+green ones yellow, the red the edit took away written into the other colours. A key edit only moves attention
+away from the concept's tokens; what the others carry is left as it was. We train a LoRA adapter on those layers instead of the
 weights themselves, so the result loads with `pipe.load_lora_weights`. theta* is the same UNet with the adapter
 disabled.
 
@@ -47,11 +52,16 @@ from .config import EsdConfig
 
 
 def esd_target_modules(unet: nn.Module, train_method: str) -> list[str]:
-    """Names of the Linear layers ESD edits: every cross-attention (`attn2`) projection for 'xattn'; every other
-    Linear outside the time embedding for 'noxattn'."""
+    """Names of the Linear layers ESD edits: every cross-attention (`attn2`) projection for 'xattn'; its key and
+    value projections for 'xattn-strict'; its key projections for 'xattn-keys'; every other Linear outside the time
+    embedding for 'noxattn'."""
     linears = [n for n, m in unet.named_modules() if isinstance(m, nn.Linear)]
     if train_method == "xattn":
         names = [n for n in linears if ".attn2." in n]
+    elif train_method == "xattn-strict":
+        names = [n for n in linears if n.endswith((".attn2.to_k", ".attn2.to_v"))]
+    elif train_method == "xattn-keys":
+        names = [n for n in linears if n.endswith(".attn2.to_k")]
     else:
         names = [n for n in linears if ".attn2." not in n and not n.startswith("time_embedding.")]
     if not names:
