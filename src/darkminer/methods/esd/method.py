@@ -17,7 +17,7 @@ ESD-x-strict of their released code (cross-attention keys and values), and `"xat
 only). A value edit is linear in the token's text embedding, so the negated concept also reaches the tokens whose
 embeddings lie opposite it: erasing `red` from ShapesWorld with values in the edit drew blue shapes purple and
 green ones yellow, the red the edit took away written into the other colours. A key edit only moves attention
-away from the concept's tokens; what the others carry is left as it was.
+away from the concept's tokens; the values every token carries are left as they were.
 
 We train a LoRA adapter on those layers instead of the weights themselves, so the result loads with
 `pipe.load_lora_weights`. theta* is the same UNet with the adapter disabled.
