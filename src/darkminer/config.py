@@ -23,6 +23,18 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the config class."""
 
 
+def string_list(owner: str, name: str, value: Any) -> list[str]:
+    """A field that takes one string or a list of them, as a list; anything else (None: an empty YAML value, a
+    number, a list item that is not a string) is refused with an error naming `owner.name`."""
+    if isinstance(value, str):
+        return [value]
+    if value is None:
+        raise ValueError(f"{owner}.{name} is empty: give a string, a list, or [] for none.")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{owner}.{name}={value!r} must be a string or a list of strings.")
+    return list(value)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`."""
     tree: dict[str, Any] = {}

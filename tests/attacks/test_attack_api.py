@@ -81,6 +81,14 @@ def test_configs_load_from_dotted_overrides():
         RingABellConfig(mutation_rate=1.5)
 
 
+@pytest.mark.parametrize("config_class", [P4DConfig, UnlearnDiffConfig, RingABellConfig])
+def test_banned_words_take_a_word_or_a_list_of_words(config_class):
+    assert config_class(banned_words="star").banned_words == ["star"]
+    for bad in (None, [3], "star photo".split() + [None]):
+        with pytest.raises(ValueError, match="banned_words"):
+            config_class(banned_words=bad)
+
+
 # ---------------------------------------------------------------------- AttackResult
 
 

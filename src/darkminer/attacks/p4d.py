@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..config import string_list
 from ..models import DiffusionModel
 from .base import AttackResult
 from .common import (
@@ -112,7 +113,7 @@ class P4DConfig:
             raise ValueError(f"p4d.weight_decay must be >= 0, got {self.weight_decay}.")
         if self.init not in _INITS:
             raise ValueError(f"p4d.init={self.init!r} is not one of {_INITS}.")
-        self.banned_words = [self.banned_words] if isinstance(self.banned_words, str) else list(self.banned_words)
+        self.banned_words = string_list("p4d", "banned_words", self.banned_words)
         check_vocabulary("p4d", self.vocabulary, self.banned_words)
         check_template("p4d", "prompt_template", self.prompt_template)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..config import string_list
 from ..models import DiffusionModel
 from .base import AttackResult
 from .common import (
@@ -107,7 +108,7 @@ class RingABellConfig:
             raise ValueError(f"ring_a_bell.concept_pairs must be [with, without] pairs, got {self.concept_pairs!r}.")
         if not self.concept_pairs and not self.pair_words:
             raise ValueError("ring_a_bell.pair_words is empty and no concept_pairs are given: no concept direction.")
-        self.banned_words = [self.banned_words] if isinstance(self.banned_words, str) else list(self.banned_words)
+        self.banned_words = string_list("ring_a_bell", "banned_words", self.banned_words)
         check_vocabulary("ring_a_bell", self.vocabulary, self.banned_words)
         check_template("ring_a_bell", "with_template", self.with_template)
         check_template("ring_a_bell", "prompt_template", self.prompt_template)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..config import string_list
 from ..metrics import Detector
 from ..models import DiffusionModel
 from .base import AttackResult
@@ -160,7 +161,7 @@ class UnlearnDiffConfig:
             raise ValueError(f"unlearn_diff.weight_decay must be >= 0, got {self.weight_decay}.")
         if self.position not in _POSITIONS:
             raise ValueError(f"unlearn_diff.position={self.position!r} is not one of {_POSITIONS}.")
-        self.banned_words = [self.banned_words] if isinstance(self.banned_words, str) else list(self.banned_words)
+        self.banned_words = string_list("unlearn_diff", "banned_words", self.banned_words)
         check_vocabulary("unlearn_diff", self.vocabulary, self.banned_words)
         check_template("unlearn_diff", "prompt_template", self.prompt_template)
 

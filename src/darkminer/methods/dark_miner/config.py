@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import string_list
+
 _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
 _POOL_SOURCES = ("prompt", "concept_prompts")
@@ -28,18 +30,6 @@ def _check_positive(owner: str, **values) -> None:
 def _check_choice(owner: str, name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{owner}.{name}={value!r} is not one of {choices}.")
-
-
-def _string_list(owner: str, name: str, value) -> list[str]:
-    """A field that takes one string or a list of them, as a list; anything else (None: an empty YAML value, a
-    number, a blank list item) is refused by name."""
-    if isinstance(value, str):
-        return [value]
-    if value is None:
-        raise ValueError(f"{owner}.{name} is empty: give a string, a list, or [] for none.")
-    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"{owner}.{name}={value!r} must be a string or a list of strings.")
-    return list(value)
 
 
 @dataclass
@@ -215,16 +205,16 @@ class CircumventConfig:
         )
         if not 0.0 <= self.current_prob <= 1.0:
             raise ValueError(f"circumvent.current_prob is a probability, got {self.current_prob}.")
-        self.anchor = _string_list("circumvent", "anchor", self.anchor)
+        self.anchor = string_list("circumvent", "anchor", self.anchor)
         if not self.anchor or any(not a.strip() for a in self.anchor):
             raise ValueError(f"circumvent.anchor needs at least one non-empty prompt, got {self.anchor!r}.")
-        preserve = _string_list("circumvent", "preserve", self.preserve)
+        preserve = string_list("circumvent", "preserve", self.preserve)
         if any(t not in _PRESERVED_TERMS for t in preserve) or len(set(preserve)) != len(preserve):
             raise ValueError(
                 f"circumvent.preserve={self.preserve!r} must list distinct terms of {_PRESERVED_TERMS} (or none: [])."
             )
         self.preserve = [term for term in _PRESERVED_TERMS if term in preserve]  # one order: one run config
-        self.preserve_prompts = _string_list("circumvent", "preserve_prompts", self.preserve_prompts)
+        self.preserve_prompts = string_list("circumvent", "preserve_prompts", self.preserve_prompts)
         if self.alpha_c < 0 or self.alpha_p < 0:
             raise ValueError(f"circumvent.alpha_c and alpha_p must be >= 0, got {self.alpha_c}, {self.alpha_p}.")
 
