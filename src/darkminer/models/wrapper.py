@@ -359,7 +359,10 @@ class DiffusionModel:
         dist = self.vae.encode(images.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
         latents = dist.sample(generator=generator) if sample else dist.mean
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        # The mean is a view into the VAE's moments, strided like channels-last. Convolutions round differently on
+        # such a layout, so latents used as they come from here and the same latents read back from a file (always
+        # contiguous) trained to different adapters, and a resumed run drifted from an uninterrupted one.
+        return ((latents - shift) * self.vae.config.scaling_factor).contiguous()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Images of (scaled) latents, inverse of [`encode_images`].
