@@ -14,10 +14,10 @@ Variants (the paper's): ESD-x (`train_method="xattn"`) edits the cross-attention
 choice for art styles; ESD-u (`"noxattn"`) edits every other layer (here: every Linear outside cross-attention and
 the time embedding), its choice for nudity and objects. Two narrower ones: `"xattn-strict"`, the authors' later
 ESD-x-strict of their released code (cross-attention keys and values), and `"xattn-keys"`, darkminer's (keys
-only). A value edit is linear in the token's text embedding, so the negated concept also reaches the tokens whose
-embeddings lie opposite it: erasing `red` from ShapesWorld with values in the edit drew blue shapes purple and
-green ones yellow, the red the edit took away written into the other colours. A key edit only moves attention
-away from the concept's tokens; the values every token carries are left as they were.
+only). A key edit can only move attention away from the concept's tokens; it writes nothing into the values the
+tokens carry. On ShapesWorld's `red` that is what kept the other colours: every variant that edits values drew
+blue prompts purple by the time red was gone, the keys-only one erased red with the other colours intact (pushed
+much further, it too began drawing green prompts yellow).
 
 We train a LoRA adapter on those layers instead of the weights themselves, so the result loads with
 `pipe.load_lora_weights`. theta* is the same UNet with the adapter disabled.
