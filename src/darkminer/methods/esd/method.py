@@ -16,8 +16,8 @@ the time embedding), its choice for nudity and objects. Two narrower ones: `"xat
 ESD-x-strict of their released code (cross-attention keys and values), and `"xattn-keys"`, darkminer's (keys
 only). A key edit can only move attention away from the concept's tokens; it writes nothing into the values the
 tokens carry. On ShapesWorld's `red` that is what kept the other colours: every variant that edits values drew
-blue prompts purple by the time red was gone, the keys-only one erased red with the other colours intact (pushed
-much further, it too began drawing green prompts yellow).
+blue prompts purple by the time red was gone; the keys-only one erased red at 98.5% preservation (pushed much
+further, it too began drawing green prompts yellow).
 
 We train a LoRA adapter on those layers instead of the weights themselves, so the result loads with
 `pipe.load_lora_weights`. theta* is the same UNet with the adapter disabled.
