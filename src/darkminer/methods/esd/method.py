@@ -44,12 +44,15 @@ from diffusers import DDIMScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...models import DiffusionModel, disable_lora
+from ...models import DiffusionModel, disable_lora, modules_ending_with
 from ...training.checkpoint import RunDirectory, check_finite
 from ...training.lora_run import save_final_adapter, save_step_checkpoint, start_or_resume_lora
 from ..base import ErasureRequest, ErasureResult
 from ..prompts import fill, prompt_templates
 from .config import EsdConfig
+
+_PROJECTION_SUFFIXES = {"xattn-strict": (".attn2.to_k", ".attn2.to_v"), "xattn-keys": (".attn2.to_k",)}
+"""The narrow variants, by the cross-attention projections they edit."""
 
 
 def esd_target_modules(unet: nn.Module, train_method: str) -> list[str]:
@@ -57,12 +60,10 @@ def esd_target_modules(unet: nn.Module, train_method: str) -> list[str]:
     value projections for 'xattn-strict'; its key projections for 'xattn-keys'; every other Linear outside the time
     embedding for 'noxattn'."""
     linears = [n for n, m in unet.named_modules() if isinstance(m, nn.Linear)]
-    if train_method == "xattn":
+    if train_method in _PROJECTION_SUFFIXES:
+        names = modules_ending_with(unet, _PROJECTION_SUFFIXES[train_method])
+    elif train_method == "xattn":
         names = [n for n in linears if ".attn2." in n]
-    elif train_method == "xattn-strict":
-        names = [n for n in linears if n.endswith((".attn2.to_k", ".attn2.to_v"))]
-    elif train_method == "xattn-keys":
-        names = [n for n in linears if n.endswith(".attn2.to_k")]
     else:
         names = [n for n in linears if ".attn2." not in n and not n.startswith("time_embedding.")]
     if not names:
