@@ -20,13 +20,50 @@ class UsageError(ValueError):
     """A command-line input the user can fix."""
 
 
+_MODEL_HELP = "'shapesworld' (default), a diffusers pipeline directory, a single-file .safetensors, or a hub id."
+
+
+def _add_model_flags(p, *, model: bool = True) -> None:
+    """--model, --model-config, --device, --dtype and --batch-size: which model, where, in what precision."""
+    if model:
+        p.add_argument("--model", default="shapesworld", help=_MODEL_HELP)
+        p.add_argument(
+            "--model-config",
+            type=Path,
+            help="For a single-file checkpoint: a diffusers pipeline (or config) directory of the same architecture, "
+            "so that nothing is fetched from the hub.",
+        )
+    p.add_argument(
+        "--device", default="auto", help="auto (default: CUDA, else MPS, else CPU) or a torch device (cpu, cuda:1)."
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="Weights' precision: auto (default: bf16 on a CUDA device that supports it, else fp32), fp32, bf16, "
+        "fp16. LoRA parameters and losses stay fp32.",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="Images per sampling / VAE chunk (default: as many as hold 8 latents of 64x64, e.g. 8 at SD 1.x 512 px).",
+    )
+
+
+def _source(args) -> dict:
+    """The ModelSource fields of the parsed model flags."""
+    model_config = getattr(args, "model_config", None)
+    return {
+        "model": getattr(args, "model", "shapesworld"),
+        "model_config": str(model_config) if model_config is not None else None,
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+    }
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="Generate images from prompts, optionally with an erasure adapter.")
-    p.add_argument(
-        "--model",
-        default="shapesworld",
-        help="Hub id, local diffusers directory, .safetensors file, or 'shapesworld' (default).",
-    )
+    _add_model_flags(p)
     p.add_argument("--prompt", action="append", default=[], help="A prompt; repeat for several.")
     p.add_argument("--prompts", type=Path, help="A text file with one prompt per line.")
     p.add_argument("-n", "--num-images", type=int, default=8, help="Images per prompt (default 8).")
@@ -53,7 +90,7 @@ def _run_generate(args) -> int:
     from .generate import GenerateConfig, generate_to_dir
 
     config = GenerateConfig(
-        model=args.model,
+        **_source(args),
         prompts=_read_prompts(args),
         num_images=args.num_images,
         seed=args.seed,
@@ -110,7 +147,7 @@ def _run_toy_eval(args) -> int:
 
 def _add_erase(sub) -> None:
     p = sub.add_parser("erase", help="Erase concepts from a model with a registered method (resumable).")
-    p.add_argument("--model", default="shapesworld", help="Model spec (default 'shapesworld').")
+    _add_model_flags(p)
     p.add_argument("--method", default="dark_miner", help="Method key (default dark_miner); see `darkminer methods`.")
     p.add_argument("--concept", action="append", required=True, help="Concept to erase; repeat for several.")
     p.add_argument("--alternative", help="All but One: the concept the target turns into.")
@@ -120,7 +157,14 @@ def _add_erase(sub) -> None:
     p.add_argument(
         "--merge", action="store_true", help="Also write a full pipeline with the adapter merged (merged/)."
     )
-    p.add_argument("--clip", help="CLIP model (hub id or directory) for models that do not ship one.")
+    p.add_argument(
+        "--clip", help="CLIP model (a local directory with safetensors weights, or a hub id) for models without one."
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="Recompute UNet activations in the backward pass: less GPU memory, slower steps.",
+    )
     p.add_argument("--no-report", action="store_true", help="Skip report.md/report.html and their grids.")
     p.add_argument("overrides", nargs="*", help="Dotted config overrides, e.g. mining.steps=300 verify.tau=0.25.")
     p.set_defaults(func=_run_erase)
@@ -138,7 +182,7 @@ def _run_erase(args) -> int:
         else:
             overrides.append(f"max_loops={args.max_loops}")
     job = EraseJob(
-        model=args.model,
+        **_source(args),
         method=args.method,
         concepts=args.concept,
         output_dir=str(args.output_dir),
@@ -148,6 +192,7 @@ def _run_erase(args) -> int:
         merge=args.merge,
         clip=args.clip,
         report=not args.no_report,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     result, _, _ = run_erase(job)
     print(f"Adapter written to {result.output_dir} ({result.summary})")
@@ -163,12 +208,14 @@ def _add_demo(sub) -> None:
     p.add_argument("--images-per-prompt", type=int, default=4, help="Images per evaluation prompt (default 4).")
     p.add_argument("--method", default="dark_miner", help="Method with a ShapesWorld preset (default dark_miner).")
     p.add_argument("--alternative", help="All but One: the concept the target turns into (e.g. circle).")
+    _add_model_flags(p, model=False)
     p.add_argument("overrides", nargs="*", help="Dotted overrides of the preset.")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
+    from .models.runtime import ModelSource
 
     print(
         run_demo(
@@ -178,6 +225,7 @@ def _run_demo(args) -> int:
             list(args.overrides),
             method=args.method,
             alternative=args.alternative,
+            source=ModelSource(**_source(args)),
         )
     )
     return 0
@@ -205,7 +253,7 @@ def _add_evaluate(sub) -> None:
         ("attack", "Run one attack against a (possibly erased) model: adversarial prompts, images, ASR."),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--model", default="shapesworld", help="Base model spec (default 'shapesworld').")
+        _add_model_flags(p)
         p.add_argument("--adapter", type=Path, help="Run directory of `darkminer erase` (omit: the original model).")
         p.add_argument("--concept", required=True, help="The concept to measure or bring back.")
         p.add_argument("--output-dir", type=Path, required=True, help="Where results.json, report.md, grids go.")
@@ -232,9 +280,9 @@ def _run_evaluate(args) -> int:
 
     attacks = args.attacks if args.command == "evaluate" else [args.attack]
     job = EvaluateJob(
+        **_source(args),
         concept=args.concept,
         output_dir=str(args.output_dir),
-        model=args.model,
         adapter=str(args.adapter) if args.adapter else None,
         attacks=attacks,
         attack_overrides=list(args.overrides),
@@ -271,6 +319,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--runs-dir", default="runs/bench", help="Run directories and cached cells (resumable).")
     p.add_argument("--output", default="docs/results/shapesworld.md", help="Markdown table path.")
     p.add_argument("--images-per-prompt", type=int, default=4)
+    _add_model_flags(p, model=False)
     p.add_argument("overrides", nargs="*", help="Attack overrides as <attack>.<field>=value, e.g. p4d.steps=50.")
     p.set_defaults(func=_run_bench)
 
@@ -279,6 +328,7 @@ def _run_bench(args) -> int:
     from .eval.bench import BenchConfig, run_bench
 
     config = BenchConfig(
+        **_source(args),
         suite=args.suite,
         methods=args.methods,
         concepts=args.concepts,

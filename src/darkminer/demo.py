@@ -15,6 +15,7 @@ from .erase import EraseJob, run_erase, write_run_report
 from .eval.report import table_lines
 from .eval.shapesworld import alternative_rate, erasure_table
 from .models import disable_lora
+from .models.runtime import ModelSource
 from .toy.captions import get_concept
 from .toy.judge import ShapesJudge, load_classifier
 
@@ -35,13 +36,15 @@ def run_demo(
     overrides: list[str] | None = None,
     method: str = "dark_miner",
     alternative: str | None = None,
+    source: ModelSource | None = None,
 ) -> str:
     """Run the demo (Dark Miner by default; any method with a ShapesWorld preset); returns the printed table,
-    which is also written into the run's report. Re-running it resumes the erasure and re-measures."""
+    which is also written into the run's report. Re-running it resumes the erasure and re-measures. `source` gives
+    the device, dtype and batch size (its model must be ShapesWorld's; the default is the bundled one)."""
     get_concept(concept)
     start = time.perf_counter()
     job = EraseJob(
-        model="shapesworld",
+        **(source or ModelSource()).source_fields(),
         method=method,
         concepts=[concept],
         output_dir=str(output_dir),

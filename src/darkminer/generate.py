@@ -6,16 +6,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import write_json
-from .models import load_model
 from .models.adapters import apply_adapter
+from .models.runtime import ModelSource
 from .utils.images import labelled_grid, save_images
 
 
-@dataclass
-class GenerateConfig:
-    """What `darkminer generate` draws."""
+@dataclass(kw_only=True)
+class GenerateConfig(ModelSource):
+    """What `darkminer generate` draws, and with which model (the [`ModelSource`] fields)."""
 
-    model: str = field(default="shapesworld", metadata={"help": "Model spec (hub id, directory, file, shapesworld)."})
     prompts: list[str] = field(default_factory=list, metadata={"help": "Prompts to draw."})
     num_images: int = field(default=8, metadata={"help": "Images per prompt."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial noise."})
@@ -25,6 +24,7 @@ class GenerateConfig:
     guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale."})
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.prompts or any(not p.strip() for p in self.prompts):
             raise ValueError("GenerateConfig.prompts must hold at least one non-empty prompt.")
         if self.num_images < 1 or self.steps < 1:
@@ -33,7 +33,7 @@ class GenerateConfig:
 
 def generate_to_dir(config: GenerateConfig) -> Path:
     """Generate `config.num_images` images per prompt into `config.output_dir`; returns the grid's path."""
-    model = load_model(config.model)
+    model = config.load()
     if config.adapter:
         apply_adapter(model, config.adapter)
     out = Path(config.output_dir)
@@ -52,5 +52,5 @@ def generate_to_dir(config: GenerateConfig) -> Path:
     scale = max(1, 96 // rows[0][1].shape[-1])
     grid = out / "grid.png"
     labelled_grid(rows, scale=scale).save(grid)
-    write_json(out / "config.json", asdict(config))
+    write_json(out / "config.json", {**asdict(config), "runtime": model.runtime()})
     return grid

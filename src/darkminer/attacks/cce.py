@@ -163,11 +163,11 @@ class CCE:
         # The same probe for every embedding: (x_t, noise, t), each repeated once per embedding.
         probe = [torch.cat([v] * rows) for v in make_probe(model, x0, cfg.eval_samples, generator)]
 
-        def row_losses(x_t, noise, t, per_row):
+        def row_losses(x_t, target, t, per_row):
             # One mean-squared error per embedding; their sum keeps the embeddings' gradients independent.
             cond = model.encode_prompt(token_embeds=embeds).repeat_interleave(per_row, dim=0)
             pred = model.predict_noise(x_t, t, cond).float()
-            return F.mse_loss(pred, noise.float(), reduction="none").flatten(1).mean(1).view(rows, per_row).mean(1)
+            return F.mse_loss(pred, target.float(), reduction="none").flatten(1).mean(1).view(rows, per_row).mean(1)
 
         def record():
             with torch.no_grad():
@@ -178,9 +178,9 @@ class CCE:
         history: list[list[float]] = [[] for _ in range(rows)]
         record()
         for step in tqdm(range(cfg.steps), desc="cce", leave=False, mininterval=2):
-            x_t, noise, t = sample_noisy(model, x0, rows * batch, generator)
+            x_t, target, t = sample_noisy(model, x0, rows * batch, generator)
             # Gradients for the embeddings only: nothing accumulates on the model's parameters.
-            (embeds.grad,) = torch.autograd.grad(row_losses(x_t, noise, t, batch).sum(), [embeds])
+            (embeds.grad,) = torch.autograd.grad(row_losses(x_t, target, t, batch).sum(), [embeds])
             optimizer.step()
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 record()

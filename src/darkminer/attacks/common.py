@@ -210,12 +210,13 @@ def latents_per_prompt(
 def sample_noisy(
     model: DiffusionModel, x0: torch.Tensor, batch_size: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw `batch_size` rows of `x0` (with replacement), noise and t ~ U[0, T); return (x_t, noise, t)."""
+    """Draw `batch_size` rows of `x0` (with replacement), noise and t ~ U[0, T); return (x_t, target, t), the
+    target being what the UNet should predict for x_t ([`DiffusionModel.training_target`]: the noise, or v)."""
     rows = torch.randint(0, len(x0), (batch_size,), generator=generator)
     x0 = x0[rows].to(model.device, model.dtype)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     t = torch.randint(0, model.num_train_timesteps, (batch_size,), generator=generator).to(model.device)
-    return model.add_noise(x0, noise, t), noise, t
+    return model.add_noise(x0, noise, t), model.training_target(x0, noise, t), t
 
 
 def make_probe(
@@ -223,11 +224,11 @@ def make_probe(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fixed noisy latents on which a loss is comparable from step to step (the training loss, on fresh draws each
     step, is dominated by which t was drawn): rows of `x0` in turn, one noise draw, and t at the midpoints of `size`
-    equal bins of [0, T). Returns (x_t, noise, t)."""
+    equal bins of [0, T). Returns (x_t, target, t) as [`sample_noisy`] does."""
     x0 = x0[torch.arange(size) % len(x0)].to(model.device, model.dtype)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     t = ((torch.arange(size) + 0.5) * model.num_train_timesteps / size).long().to(model.device)
-    return model.add_noise(x0, noise, t), noise, t
+    return model.add_noise(x0, noise, t), model.training_target(x0, noise, t), t
 
 
 # ---------------------------------------------------------------------- the search vocabulary

@@ -289,7 +289,10 @@ class UnlearnDiff:
         t = t.to(model.device)
         losses = torch.stack(
             [
-                F.mse_loss(model.predict_noise(model.add_noise(x, noise, t), t, cond).float(), noise.float())
+                F.mse_loss(
+                    model.predict_noise(model.add_noise(x, noise, t), t, cond).float(),
+                    model.training_target(x, noise, t).float(),
+                )
                 for x in x0.to(model.device, model.dtype)[:, None].expand(-1, *noise.shape)
             ]
         )
@@ -315,7 +318,7 @@ class UnlearnDiff:
         weights = torch.full((cfg.num_tokens, len(allowed)), 1 / len(allowed), device=table.device)
         weights.requires_grad_(True)
         optimizer = torch.optim.Adam([weights], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        probe_x, probe_noise, probe_t = make_probe(model, x0, cfg.eval_samples, generator)
+        probe_x, probe_target, probe_t = make_probe(model, x0, cfg.eval_samples, generator)
 
         @torch.no_grad()
         def condition(ids: torch.LongTensor) -> torch.Tensor:
@@ -324,7 +327,7 @@ class UnlearnDiff:
         @torch.no_grad()
         def probe_loss(cond: torch.Tensor) -> float:
             pred = model.predict_noise(probe_x, probe_t, cond.expand(len(probe_x), -1, -1))
-            return F.mse_loss(pred.float(), probe_noise.float()).item()
+            return F.mse_loss(pred.float(), probe_target.float()).item()
 
         @torch.no_grad()
         def concept_rate(cond: torch.Tensor) -> float:
@@ -339,13 +342,13 @@ class UnlearnDiff:
         best_ids = allowed[weights.detach().argmax(dim=-1)]
         history, best_rate = [probe_loss(condition(best_ids))], -1.0
         for step in tqdm(range(cfg.steps), desc=f"unlearn_diff {index + 1}/{total}", leave=False, mininterval=2):
-            x_t, noise, t = sample_noisy(model, x0, cfg.batch_size, generator)
+            x_t, target, t = sample_noisy(model, x0, cfg.batch_size, generator)
             picks = torch.multinomial(weights.detach().cpu(), 1, generator=generator)[:, 0].to(table.device)
             one_hot = F.one_hot(picks, len(allowed)).float()
             # Straight-through: the forward pass sees the sampled tokens, the gradient reaches every weight.
             adv = (weights + (one_hot - weights).detach()) @ vocab
             cond = model.encode_prompt(token_embeds=with_prompt(adv[None])).expand(cfg.batch_size, -1, -1)
-            loss = F.mse_loss(model.predict_noise(x_t, t, cond).float(), noise.float())
+            loss = F.mse_loss(model.predict_noise(x_t, t, cond).float(), target.float())
             (weights.grad,) = torch.autograd.grad(loss, [weights])  # only the token weights get a gradient
             optimizer.step()
             with torch.no_grad():

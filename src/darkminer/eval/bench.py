@@ -16,6 +16,7 @@ import torch
 from ..attacks import list_attacks
 from ..erase import EraseJob, run_erase
 from ..methods import list_methods
+from ..models.runtime import ModelSource
 from .harness import EvaluateJob, evaluate, table_row
 
 # All but One needs a concept to turn each target into: a value of the same attribute.
@@ -60,12 +61,16 @@ QUICK_ATTACK_OVERRIDES = [
 ]
 
 
-@dataclass
-class BenchConfig:
-    """What `darkminer bench` runs."""
+_WHERE = {"device", "batch_size"}
+# Job fields added after cells were first cached, with the value those cells were computed with.
+_DEFAULTS = {"model_config": None, "dtype": "auto"}
+
+
+@dataclass(kw_only=True)
+class BenchConfig(ModelSource):
+    """What `darkminer bench` runs: on which model, device and dtype (the [`ModelSource`] fields), and which cells."""
 
     suite: str = field(default="shapesworld", metadata={"help": "Only 'shapesworld' exists."})
-    model: str = field(default="shapesworld", metadata={"help": "The ShapesWorld model (or a retrained directory)."})
     methods: list[str] = field(default_factory=list, metadata={"help": "Methods (default: every registered one)."})
     concepts: list[str] = field(default_factory=lambda: ["star", "striped", "red"], metadata={"help": "Concepts."})
     attacks: list[str] = field(default_factory=list, metadata={"help": "Attacks (default: every registered one)."})
@@ -79,6 +84,7 @@ class BenchConfig:
     extra_attack_overrides: list[str] = field(default_factory=list, metadata={"help": "<attack>.<field>=value."})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.suite != "shapesworld":
             raise ValueError(f"Unknown bench suite {self.suite!r}; only 'shapesworld' is implemented.")
         self.methods = self.methods or [m.name for m in list_methods()]
@@ -99,7 +105,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
     job = EvaluateJob(
         concept=concept,
         output_dir=str(cell_dir / "eval"),
-        model=config.model,
+        **config.source_fields(),
         adapter=adapter,
         attacks=config.attacks,
         attack_overrides=[*(QUICK_ATTACK_OVERRIDES if config.quick else []), *config.extra_attack_overrides],
@@ -111,7 +117,10 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
     if results_path.exists():
         results = json.loads(results_path.read_text())
         wanted = json.loads(json.dumps(dataclasses.asdict(job)))
-        differ = sorted(k for k in wanted if results.get("job", {}).get(k) != wanted[k])
+        # Where a cell ran (device, chunk size) changes its figures by rounding only; what it measured must match.
+        differ = sorted(
+            k for k in wanted if k not in _WHERE and results.get("job", {}).get(k, _DEFAULTS.get(k)) != wanted[k]
+        )
         if differ:
             raise ValueError(
                 f"The bench cell {cell_dir} was finished with other settings ({', '.join(differ)}); pass another "
@@ -121,7 +130,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
     if adapter is not None:
         run_erase(
             EraseJob(
-                model=config.model,
+                **config.source_fields(),
                 method=method,
                 concepts=[concept],
                 output_dir=adapter,

@@ -28,8 +28,9 @@ from ..attacks import get_attack
 from ..config import load_config, write_json
 from ..metrics import attack_success_rate, clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import image_features, text_features
-from ..models import DiffusionModel, disable_lora, load_model
+from ..models import DiffusionModel, disable_lora
 from ..models.adapters import apply_adapter
+from ..models.runtime import ModelSource
 from ..utils.images import labelled_grid
 from .report import table_lines
 from .shapesworld import generate_batched, is_shapesworld
@@ -37,13 +38,13 @@ from .shapesworld import generate_batched, is_shapesworld
 ATTACK_IMAGES_PER_PROMPT = 4
 
 
-@dataclass
-class EvaluateJob:
-    """One `darkminer evaluate` (or, with `erase=False` and one attack, `darkminer attack`) invocation."""
+@dataclass(kw_only=True)
+class EvaluateJob(ModelSource):
+    """One `darkminer evaluate` (or, with `erase=False` and one attack, `darkminer attack`) invocation: the model to
+    load (the [`ModelSource`] fields) and what to measure on it."""
 
     concept: str = field(metadata={"help": "The erased concept to measure."})
     output_dir: str = field(metadata={"help": "Where results.json, report.md and grids go."})
-    model: str = field(default="shapesworld", metadata={"help": "Base model spec."})
     adapter: str | None = field(
         default=None, metadata={"help": "Run directory of `darkminer erase` (None: original)."}
     )
@@ -62,6 +63,7 @@ class EvaluateJob:
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.images_per_prompt < 1:
             raise ValueError(f"images_per_prompt must be >= 1, got {self.images_per_prompt}.")
         for name in self.attacks:
@@ -140,11 +142,16 @@ def evaluate(job: EvaluateJob) -> dict:
     """Run `job`; writes `results.json`, `report.md` and grids to `job.output_dir` and returns the results."""
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(job.model)
+    model = job.load()
     if job.adapter:
         apply_adapter(model, job.adapter)
     world = _World(model, job)
-    results = {"job": dataclasses.asdict(job), "detector": world.detector.metadata(), "attacks": {}}
+    results = {
+        "job": dataclasses.asdict(job),
+        "runtime": model.runtime(),
+        "detector": world.detector.metadata(),
+        "attacks": {},
+    }
     grids = []
     start = time.perf_counter()
     if job.erase_metrics:

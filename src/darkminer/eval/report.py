@@ -122,12 +122,20 @@ def write_report(
                 "verify s": f"{r['verify_seconds']:.1f}",
                 "circumvent s": f"{r.get('circumvent_seconds', 0):.1f}",
                 "peak RSS MB": f"{max(r.get(k, 0) for k in r if k.endswith('peak_rss_mb')):.0f}",
+                **(
+                    {"GPU peak MB": f"{max(r[k] for k in r if k.endswith('gpu_peak_mb')):.0f}"}
+                    if any(k.endswith("gpu_peak_mb") for k in r)
+                    else {}
+                ),
             }
             for r in timing
         ]
         sections = [
             *sections,
-            ("Wall time and memory per loop (peak RSS of the process so far)", _table(rows, list(rows[0]))),
+            (
+                "Wall time and memory per loop (peak RSS of the process, and GPU memory allocated, so far)",
+                _table(rows, list(rows[0])),
+            ),
         ]
     md = [f"# {title}", ""]
     for heading, lines in sections:

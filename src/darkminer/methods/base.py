@@ -44,7 +44,8 @@ class ErasureMethod(Protocol):
 
     `erase` must leave the adapter in `output_dir` (diffusers LoRA format + `erasure_config.json`), resume from
     the run directory's latest checkpoint when re-run with the same config, and leave `model` with the adapter
-    loaded and active.
+    loaded and active. A method that scores images with the model's CLIP sets the class attribute
+    `needs_clip = True`, so that a model without one is refused before any work starts.
     """
 
     name: str

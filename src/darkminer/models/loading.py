@@ -3,19 +3,25 @@
 Accepted specs, tried in this order:
 
 1. `"shapesworld"`: the bundled toy model, a pipeline directory shipped inside `darkminer.toy`;
-2. an existing local directory: a diffusers `StableDiffusionPipeline` directory;
-3. an existing local `.safetensors` file: a single-file checkpoint (`StableDiffusionPipeline.from_single_file`);
+2. an existing local directory: a diffusers `StableDiffusionPipeline` directory (SD 1.x, SD 2.x, epsilon or
+   v-prediction);
+3. an existing local `.safetensors` file: a single-file checkpoint (`StableDiffusionPipeline.from_single_file`),
+   with `model_config` naming a pipeline or config directory of the same architecture so that nothing is fetched;
 4. a Hugging Face Hub id `owner/name`.
 
-Weights load from safetensors only; pickle checkpoints (`.ckpt`, `.bin`) are refused.
+Weights load from safetensors only; pickle checkpoints (`.ckpt`, `.bin`) are refused. SDXL (two text encoders,
+pooled embeddings, size conditioning) is refused in one line: every method and attack here conditions the UNet on one
+text encoder's hidden states, and a mined embedding would have to cover both encoders.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +47,29 @@ _FORMS = (
 )
 # Components a pipeline directory may list that darkminer never uses; not loading them saves time and memory.
 _SKIPPED = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+_SUPPORTED = "SD 1.x and SD 2.x (epsilon or v-prediction) StableDiffusionPipeline models"
+# Key prefix of SDXL's second text encoder in an original (LDM-format) single-file checkpoint.
+_SDXL_SINGLE_FILE_KEY = "conditioner.embedders.1."
+
+
+def _refuse_sdxl(where: str) -> None:
+    raise ModelLoadError(
+        f"{where} is an SDXL model; darkminer supports {_SUPPORTED} (SDXL's two text encoders and pooled "
+        "embeddings are not wired into the methods and attacks)."
+    )
+
+
+def _check_pipeline_class(path: Path) -> None:
+    """Refuse, before loading anything, a pipeline directory of another family (SDXL, ...)."""
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"Cannot read {str(path / 'model_index.json')!r}: {_reason(err)}.") from err
+    name = str(index.get("_class_name", ""))
+    if "XL" in name or "text_encoder_2" in index:
+        _refuse_sdxl(repr(str(path)))
+    if name and not name.startswith("StableDiffusion"):
+        raise ModelLoadError(f"{str(path)!r} holds a {name}; darkminer supports {_SUPPORTED}.")
 
 
 @contextlib.contextmanager
@@ -61,7 +90,9 @@ def _shapesworld_dir() -> Iterator[Path]:
 
 
 def _reason(err: BaseException) -> str:
-    return str(err).strip().rstrip(".") or type(err).__name__
+    """The first line of an error's message (libraries append multi-line advice that does not apply here)."""
+    lines = str(err).strip().splitlines()
+    return (lines[0].strip().rstrip(".") if lines else "") or type(err).__name__
 
 
 def _check_pipeline_dir(path: Path) -> None:
@@ -76,15 +107,27 @@ def _check_pipeline_dir(path: Path) -> None:
         )
 
 
+def _training_scheduler(config) -> DDPMScheduler:
+    """The DDPM schedule of a pipeline's scheduler config, clipping only where the config asks for it.
+
+    diffusers' DDPM and DDIM schedulers clip the predicted x0 to [-1, 1] unless told otherwise, which is wrong in
+    latent space; a config that does not set `clip_sample` (PNDM's, as SD 1.x ships it) must not clip.
+    """
+    asked = config.get("clip_sample") if "clip_sample" not in config.get("_use_default_values", ()) else None
+    return DDPMScheduler.from_config(config, clip_sample=bool(asked))
+
+
 def _from_pipeline(pipe: StableDiffusionPipeline, name: str, clip: CLIPModel | None) -> DiffusionModel:
+    if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time":
+        _refuse_sdxl(repr(name))
     return DiffusionModel(
         tokenizer=pipe.tokenizer,
         text_encoder=pipe.text_encoder,
         vae=pipe.vae,
         unet=pipe.unet,
         # Training targets follow the DDPM forward process of the schedule the model was trained with; the
-        # pipeline's own (sampling) scheduler only contributes its betas and offsets through its config.
-        scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        # pipeline's own (sampling) scheduler only contributes its betas, offsets and prediction type.
+        scheduler=_training_scheduler(pipe.scheduler.config),
         name=name,
         clip=clip,
     )
@@ -92,6 +135,7 @@ def _from_pipeline(pipe: StableDiffusionPipeline, name: str, clip: CLIPModel | N
 
 def _load_directory(path: Path, name: str, dtype: torch.dtype) -> DiffusionModel:
     _check_pipeline_dir(path)
+    _check_pipeline_class(path)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **_SKIPPED)
     except Exception as err:  # diffusers raises OSError, ValueError, KeyError, ... for broken directories
@@ -113,14 +157,42 @@ def _load_directory(path: Path, name: str, dtype: torch.dtype) -> DiffusionModel
     return model
 
 
-def _load_single_file(path: Path, name: str, dtype: torch.dtype) -> DiffusionModel:
+def _single_file_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, **_SKIPPED)
-    except Exception as err:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
         raise ModelLoadError(
-            f"Could not load the single-file checkpoint {str(path)!r}: {_reason(err)}. If the file is a valid SD "
-            "checkpoint, note that diffusers fetches the component configs of a single-file checkpoint from the hub "
-            "(or its cache); offline, convert it once to a pipeline directory and pass that directory."
+            f"{str(path)!r} is not a readable safetensors single-file checkpoint: {_reason(err)}."
+        ) from err
+
+
+def _load_single_file(path: Path, name: str, dtype: torch.dtype, model_config: str | None) -> DiffusionModel:
+    if any(key.startswith(_SDXL_SINGLE_FILE_KEY) for key in _single_file_keys(path)):
+        _refuse_sdxl(repr(name))
+    kwargs = {}
+    if model_config is not None:
+        config_dir = Path(model_config).expanduser()
+        if not (config_dir / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"--model-config {model_config!r} is not a pipeline or config directory (no model_index.json); pass "
+                "the diffusers directory of a model of the same architecture as the checkpoint."
+            )
+        _check_pipeline_class(config_dir)
+        kwargs = {"config": str(config_dir), "local_files_only": True}
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, **kwargs, **_SKIPPED)
+    except Exception as err:
+        hint = (
+            "check that --model-config names a directory of the checkpoint's architecture"
+            if model_config is not None
+            else "diffusers fetches a single file's component configs from the hub; pass --model-config DIR, a "
+            "diffusers pipeline (or config) directory of the same architecture, to load it offline"
+        )
+        raise ModelLoadError(
+            f"Could not load the single-file checkpoint {str(path)!r}: {_reason(err)}; {hint}."
         ) from err
     return _from_pipeline(pipe, name, clip=None)
 
@@ -138,7 +210,12 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> DiffusionModel:
 
 
 def load_model(
-    spec: str | os.PathLike[str], *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    spec: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    model_config: str | os.PathLike[str] | None = None,
+    batch_size: int | None = None,
 ) -> DiffusionModel:
     """Load a Stable-Diffusion-family model as a frozen [`DiffusionModel`].
 
@@ -151,13 +228,19 @@ def load_model(
             Device to move the model to; it stays on CPU if `None`.
         dtype (`torch.dtype`, defaults to `torch.float32`):
             dtype of the weights.
+        model_config (`str` or `os.PathLike`, *optional*):
+            For a single-file checkpoint: a diffusers pipeline (or config-only) directory of the same architecture,
+            whose component configs diffusers uses instead of fetching them. Ignored, with a warning, otherwise.
+        batch_size (`int`, *optional*):
+            Images per sampling and VAE chunk ([`DiffusionModel.batch_size`]); by default a memory budget.
 
     Returns:
         [`DiffusionModel`]: every module frozen (`requires_grad=False`) and in eval mode; `name` is `str(spec)`.
 
     Raises:
         [`ModelLoadError`]: if the spec matches none of the accepted forms, names a path that does not exist or an
-            incomplete pipeline directory, a pickle checkpoint, or if loading fails (e.g. the hub is unreachable).
+            incomplete pipeline directory, a pickle checkpoint, an SDXL model, or if loading fails (e.g. the hub is
+            unreachable, or a single file has no `model_config` offline).
     """
     name = os.fspath(spec)
     if not isinstance(name, str) or not name:
@@ -176,7 +259,7 @@ def load_model(
                 "loaded (pickle formats such as .ckpt/.bin are refused). Convert it to safetensors, or pass "
                 f"{_FORMS}."
             )
-        model = _load_single_file(path, name, dtype)
+        model = _load_single_file(path, name, dtype, None if model_config is None else os.fspath(model_config))
     elif isinstance(spec, os.PathLike) or path.suffix == ".safetensors" or name.startswith((".", "/", "~")):
         raise ModelLoadError(f"Model path {name!r} does not exist. Accepted model specs: {_FORMS}.")
     elif _HUB_ID.match(name):
@@ -184,6 +267,9 @@ def load_model(
     else:
         raise ModelLoadError(f"Unknown model spec {name!r}: no such path, and not a hub id. Pass {_FORMS}.")
 
+    if model_config is not None and not path.is_file():
+        warnings.warn(f"--model-config is ignored: {name!r} is not a single-file checkpoint.", stacklevel=2)
     if device is not None:
         model.to(device=device)
+    model.batch_size = batch_size
     return model.freeze()

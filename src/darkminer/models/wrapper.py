@@ -39,6 +39,10 @@ StepCallback = Callable[
     ["DiffusionModel", int, torch.Tensor, dict[str, torch.Tensor]], "dict[str, torch.Tensor] | None"
 ]
 
+LATENT_BUDGET = 8 * 64 * 64
+"""Latent pixels per sampling and VAE chunk when no `batch_size` is set: 8 images of SD 1.x at 512 px (64x64
+latents), which with classifier-free guidance keeps a chunk's UNet batch at 16, within a 24 GB card in fp32."""
+
 # transformers 5 renamed create_causal_mask's `past_key_values` to `cache` and warns on the old name.
 _NO_CACHE = {("cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"): None}
 
@@ -99,6 +103,8 @@ class DiffusionModel:
         # Safe Latent Diffusion sampling (`darkminer.models.safe_guidance`), attached by `apply_adapter` for an SLD
         # run; while it is attached and enabled, `generate` delegates sampling to it.
         self.safe_guidance: SafeLatentDiffusion | None = None
+        # Images per sampling / VAE chunk; None: `LATENT_BUDGET` latent pixels per chunk (see `chunk_size`).
+        self.batch_size: int | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={self.device}, dtype={self.dtype})"
@@ -137,11 +143,30 @@ class DiffusionModel:
         Returns:
             [`DiffusionModel`]: `self`.
         """
+        # Only the arguments given: diffusers warns about keeping modules in float32 whenever `dtype` is passed.
+        moves = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for module in self.modules.values():
-            module.to(device=device, dtype=dtype)
+            module.to(**moves)
         if dtype is not None:
             upcast_lora_params(self.unet)
         return self
+
+    @property
+    def chunk_size(self) -> int:
+        """Images per chunk of [`generate`], [`encode_images`] and [`decode_latents`]: `batch_size` if set, else as
+        many as fit in `LATENT_BUDGET` latent pixels."""
+        if self.batch_size is not None:
+            return self.batch_size
+        _, height, width = self.latent_shape
+        return max(1, LATENT_BUDGET // (height * width))
+
+    def runtime(self) -> dict[str, str | int | None]:
+        """Where and how the model runs, as recorded in run directories and reports."""
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "batch_size": self.chunk_size,
+        }
 
     def freeze(self) -> DiffusionModel:
         """Put every module in eval mode and turn off its gradients (`load_model` returns frozen models).
@@ -300,8 +325,42 @@ class DiffusionModel:
         """Number of diffusion steps `T` of the training schedule (timesteps are in `[0, T)`)."""
         return int(self.scheduler.config.num_train_timesteps)
 
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: `"epsilon"` (SD 1.x, SD 2.x base), `"v_prediction"` (SD 2.x 768) or `"sample"`."""
+        return str(self.scheduler.config.get("prediction_type", "epsilon"))
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        r"""What [`predict_noise`] should output for $x_t$ = [`add_noise`]`(latents, noise, timesteps)`.
+
+        The noise $\epsilon$ for an epsilon model; $v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$
+        for a v-prediction model; $x_0$ for a sample-prediction model. Every objective that regresses the UNet output
+        on the noise (Dark Miner's Eq. 5, CA's and SalUn's denoising terms, the inversion attacks) uses this.
+
+        Args:
+            latents (`torch.Tensor` of shape `(batch_size, C, h, w)`):
+                Clean latents $x_0$.
+            noise (`torch.Tensor` like `latents`):
+                The Gaussian noise $\epsilon$ added to them.
+            timesteps (`torch.LongTensor` of shape `(batch_size,)`):
+                Their timesteps.
+
+        Returns:
+            `torch.Tensor` like `latents`.
+        """
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(latents, noise, timesteps.to(latents.device))
+        if kind == "sample":
+            return latents
+        raise ValueError(f"Unsupported prediction_type {kind!r} in the scheduler config of {self.name!r}.")
+
     def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
-        r"""The UNet's noise prediction $\epsilon_\theta(x_t, t, c)$.
+        r"""The UNet's output $\epsilon_\theta(x_t, t, c)$: the noise, or what [`prediction_type`] names.
+
+        Compare it with [`training_target`], never with the noise directly.
 
         Args:
             latents (`torch.Tensor` of shape `(batch_size, C, h, w)`):
@@ -343,7 +402,8 @@ class DiffusionModel:
     def encode_images(
         self, images: torch.Tensor, generator: torch.Generator | None = None, *, sample: bool = True
     ) -> torch.Tensor:
-        """Latents of images, scaled by the VAE's `scaling_factor` as the UNet expects them.
+        """Latents of images, scaled by the VAE's `scaling_factor` as the UNet expects them (in chunks of
+        [`chunk_size`] images).
 
         Args:
             images (`torch.Tensor` of shape `(batch_size, 3, H, W)`):
@@ -356,8 +416,12 @@ class DiffusionModel:
         Returns:
             `torch.Tensor` of shape `(batch_size, C, h, w)`.
         """
-        dist = self.vae.encode(images.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
-        latents = dist.sample(generator=generator) if sample else dist.mean
+        images = images.to(device=self.vae.device, dtype=self.vae.dtype)
+        chunks = []
+        for start in range(0, len(images), self.chunk_size):
+            dist = self.vae.encode(images[start : start + self.chunk_size]).latent_dist
+            chunks.append(dist.sample(generator=generator) if sample else dist.mean)
+        latents = torch.cat(chunks)
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         # The mean is a view into the VAE's moments, strided like channels-last. Convolutions round differently on
         # such a layout, so latents used as they come from here and the same latents read back from a file (always
@@ -365,7 +429,7 @@ class DiffusionModel:
         return ((latents - shift) * self.vae.config.scaling_factor).contiguous()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images of (scaled) latents, inverse of [`encode_images`].
+        """Images of (scaled) latents, inverse of [`encode_images`] (in chunks of [`chunk_size`] latents).
 
         Args:
             latents (`torch.Tensor` of shape `(batch_size, C, h, w)`):
@@ -376,7 +440,9 @@ class DiffusionModel:
         """
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
-        return self.vae.decode(latents).sample.clamp(-1.0, 1.0)
+        step = self.chunk_size
+        images = [self.vae.decode(latents[i : i + step]).sample for i in range(0, len(latents), step)]
+        return torch.cat(images).clamp(-1.0, 1.0)
 
     def prepare_latents(
         self, batch_size: int, *, seed: int = 0, generator: torch.Generator | None = None
@@ -419,7 +485,8 @@ class DiffusionModel:
     ) -> torch.Tensor:
         """Sample images with DDIM and classifier-free guidance.
 
-        All images of a call go through the UNet together: one UNet call per step, on the conditional and
+        Images go through the UNet in chunks of [`chunk_size`] (the same images whatever the chunk size: the initial
+        noise is drawn for all of them first): one UNet call per step and chunk, on the conditional and
         unconditional batches concatenated. While Safe Latent Diffusion is attached (`safe_guidance`, set by
         `apply_adapter` for an SLD run), diffusers' safe pipeline samples instead, with the same noise, scheduler,
         steps and guidance, adding the safety concept's batch ([`~darkminer.models.safe_guidance`]).
@@ -447,8 +514,8 @@ class DiffusionModel:
             progress (`bool`, defaults to `False`):
                 Show a progress bar.
             callback_on_step_end (`Callable`, *optional*):
-                Called as `callback(model, step, timestep, {"latents": latents})` after every step; a returned dict
-                with a `"latents"` entry replaces the latents.
+                Called as `callback(model, step, timestep, {"latents": latents})` after every step of every chunk; a
+                returned dict with a `"latents"` entry replaces that chunk's latents.
 
         Returns:
             `torch.Tensor` of shape `(N, 3, H, W)`, float32 in [0, 1].
@@ -491,35 +558,66 @@ class DiffusionModel:
             )
         latents = latents.to(device=self.device, dtype=self.dtype)
 
-        if self.safe_guidance is not None and self.safe_guidance.enabled:
-            if do_guidance:  # SLD acts through the guidance term; diffusers' safe pipeline samples
-                return self.safe_guidance.sample(
-                    self,
-                    cond,
-                    uncond,
-                    latents,
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
-                    progress=progress,
-                    callback_on_step_end=callback_on_step_end,
-                )
+        use_sld = self.safe_guidance is not None and self.safe_guidance.enabled
+        if use_sld and not do_guidance:
             warnings.warn(
                 f"SLD acts through classifier-free guidance; with guidance_scale={guidance_scale} (<= 1) these "
                 "images are sampled without it.",
                 stacklevel=2,
             )
-        if do_guidance:
-            cond = torch.cat([uncond, cond])
+            use_sld = False
+        images = []
+        chunks = range(0, num_images, self.chunk_size)
+        for start in tqdm(chunks, disable=not progress or len(chunks) == 1, desc="chunks"):
+            rows = slice(start, start + self.chunk_size)
+            chunk_uncond = uncond[rows] if do_guidance else None
+            if use_sld:  # SLD acts through the guidance term; diffusers' safe pipeline samples
+                chunk = self.safe_guidance.sample(
+                    self,
+                    cond[rows],
+                    chunk_uncond,
+                    latents[rows],
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    progress=progress and len(chunks) == 1,
+                    callback_on_step_end=callback_on_step_end,
+                )
+            else:
+                chunk = self._sample_chunk(
+                    cond[rows],
+                    chunk_uncond,
+                    latents[rows],
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    progress=progress and len(chunks) == 1,
+                    callback_on_step_end=callback_on_step_end,
+                )
+            images.append(chunk)
+        return torch.cat(images)
 
+    def _sample_chunk(
+        self,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None,
+        latents: torch.Tensor,
+        *,
+        num_inference_steps: int,
+        guidance_scale: float,
+        progress: bool,
+        callback_on_step_end: StepCallback | None,
+    ) -> torch.Tensor:
+        """DDIM with classifier-free guidance (when `uncond` is given) on one chunk; images in [0, 1]."""
+        if uncond is not None:
+            cond = torch.cat([uncond, cond])
         # A fresh scheduler per call: DDIM keeps per-call state (its timesteps), so sharing one is not re-entrant.
         scheduler = DDIMScheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = latents * scheduler.init_noise_sigma
         for step, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
-            model_input = torch.cat([latents, latents]) if do_guidance else latents
+            model_input = torch.cat([latents, latents]) if uncond is not None else latents
             model_input = scheduler.scale_model_input(model_input, t)
             eps = self.unet(model_input, t, encoder_hidden_states=cond).sample
-            if do_guidance:
+            if uncond is not None:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
             latents = scheduler.step(eps, t, latents).prev_sample

@@ -68,6 +68,25 @@ def _save_atomically(directory: Path, save_fn) -> None:
     tmp.rename(directory)
 
 
+def declare_float32(*config_files: Path) -> None:
+    """Make transformers configs say float32 although the weights beside them are stored in float16.
+
+    The package ships float16 weights to halve its size. transformers records the saving dtype in the config and
+    loads in it by default, while diffusers loads in float32, so plain `StableDiffusionPipeline.from_pretrained`
+    would pair an fp16 text encoder with an fp32 UNet and fail on the first prompt.
+    """
+
+    def fix(node):
+        if isinstance(node, dict):
+            return {
+                k: ("float32" if k in ("dtype", "torch_dtype") and v == "float16" else fix(v)) for k, v in node.items()
+            }
+        return node
+
+    for path in config_files:
+        path.write_text(json.dumps(fix(json.loads(path.read_text())), indent=2, sort_keys=True) + "\n")
+
+
 def train_shapesworld(config: ToyTrainConfig) -> Path:
     """Run (or resume) every recipe and write the ShapesWorld pipeline to `config.output_dir`."""
     out = Path(config.output_dir)
@@ -129,6 +148,7 @@ def train_shapesworld(config: ToyTrainConfig) -> Path:
         )
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         clip.to(torch.float16).save_pretrained(tmp / "clip", safe_serialization=True)
+        declare_float32(tmp / "text_encoder" / "config.json", tmp / "clip" / "config.json")
         # ShapesWorld CLIP sees 32 px images scaled to [-1, 1] (see recipes/clip.py), not OpenAI's statistics.
         preprocess = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"shortest_edge": 32}}
         (tmp / "clip" / "preprocessor_config.json").write_text(json.dumps(preprocess, indent=2))

@@ -21,6 +21,7 @@ from ..config import write_json
 
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
+RUNTIME_KEY = "runtime"
 _PREFIX = "checkpoint-"
 
 
@@ -52,18 +53,29 @@ class RunDirectory:
         config: the resolved config as a JSON-able dict. If the directory already holds a different one,
             [`RunConflictError`] is raised, since continuing would mix two experiments.
         total_limit: how many checkpoints to keep (oldest removed first); `None` keeps all.
+        runtime: where the run runs ([`DiffusionModel.runtime`]: device, dtype, batch size), recorded under
+            `runtime` in `config.json`. Of it only the dtype must match on resume: a bf16 run continued in fp32 would
+            be neither, while another device or chunk size changes the result by rounding only.
     """
 
-    def __init__(self, path: str | Path, config: dict[str, Any], total_limit: int | None = 2):
+    def __init__(
+        self,
+        path: str | Path,
+        config: dict[str, Any],
+        total_limit: int | None = 2,
+        runtime: dict[str, Any] | None = None,
+    ):
         self.path = Path(path)
         self.total_limit = total_limit
         self.path.mkdir(parents=True, exist_ok=True)
         config = _jsonable(config)
+        if runtime is not None:
+            config[RUNTIME_KEY] = _jsonable(runtime)
         existing = self.path / CONFIG_NAME
         if existing.exists():
             previous = json.loads(existing.read_text())
-            if previous != config:
-                changed = sorted(_diff(previous, config))
+            if _identity(previous) != _identity(config):
+                changed = sorted(_diff(_identity(previous), _identity(config)))
                 raise RunConflictError(
                     f"{self.path} holds a run with a different config (differs in: {', '.join(changed[:8])}). "
                     "Re-run the original command to resume it, or pass a new --output-dir to start fresh."
@@ -118,6 +130,13 @@ class RunDirectory:
             for _, old in self.checkpoints()[: -self.total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a run to resume: everything but the runtime record, except its dtype."""
+    identity = {k: v for k, v in config.items() if k != RUNTIME_KEY}
+    identity["dtype"] = config.get(RUNTIME_KEY, {}).get("dtype", "float32")
+    return identity
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -68,6 +68,7 @@ class AllButOne:
                 "config": dataclasses.asdict(cfg),
             },
             total_limit=2,
+            runtime=model.runtime(),
         )
         start, params, optimizer = start_or_resume_lora(
             model,

@@ -40,17 +40,18 @@ def prompt_pairs(templates: list[str], concept: str, anchor: str) -> list[tuple[
     return [(fill(t, concept), fill(t, anchor) if CONCEPT_MARK in t else anchor) for t in templates]
 
 
-def ca_loss(model: DiffusionModel, x_t, t, noise, cond_target, cond_anchor, b: int, weight: float):
-    """The loss above; the first `b` rows of the batch are for L_ablate, the rest for L_reg.
+def ca_loss(model: DiffusionModel, x_t, t, target, cond_target, cond_anchor, b: int, weight: float):
+    """The loss above; the first `b` rows of the batch are for L_ablate, the rest for L_reg, whose `target` is
+    the noise (or v, [`DiffusionModel.training_target`]).
 
     Returns:
         (total, L_ablate, L_reg).
     """
     with torch.no_grad():  # sg(eps_theta(x*_t, c*)): the model being trained, gradient stopped
-        target = model.predict_noise(x_t[:b], t[:b], cond_anchor[:b]).float()
+        anchor_pred = model.predict_noise(x_t[:b], t[:b], cond_anchor[:b]).float()
     pred = model.predict_noise(x_t, t, torch.cat([cond_target[:b], cond_anchor[b:]])).float()
-    ablate = F.mse_loss(pred[:b], target)
-    reg = F.mse_loss(pred[b:], noise[b:].float())
+    ablate = F.mse_loss(pred[:b], anchor_pred)
+    reg = F.mse_loss(pred[b:], target[b:].float())
     return ablate + weight * reg, ablate, reg
 
 
@@ -87,6 +88,7 @@ class ConceptAblation:
                 "config": dataclasses.asdict(cfg),
             },
             total_limit=2,
+            runtime=model.runtime(),
         )
         start, params, optimizer = start_or_resume_lora(
             model,
@@ -137,7 +139,7 @@ class ConceptAblation:
                 model,
                 model.add_noise(x0, noise, t),
                 t,
-                noise,
+                model.training_target(x0, noise, t),
                 cond_target[pair_idx],
                 cond_anchor[pair_idx],
                 b,

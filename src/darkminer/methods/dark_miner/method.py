@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from ...config import write_json
 from ...metrics.clip import image_features
 from ...models import DiffusionModel, add_lora, attention_value_modules, disable_lora, load_lora, save_lora
 from ...models.adapters import ERASURE_CONFIG_NAME
+from ...models.runtime import peak_memory_mb
 from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
 from ..base import ErasureRequest, ErasureResult
 from ..pool import load_image_pool
@@ -53,10 +53,6 @@ class MinedEmbedding:
     loop: int
     embedding: torch.Tensor  # (1, L, D) token space, or (1, max_length, D_cross) conditioning space
     latents: torch.Tensor  # (images_per_embedding, C, h, w)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def delta_cosine(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) -> float:
@@ -83,6 +79,14 @@ def delta_projection(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) ->
     return float(((f_c - f_r) @ direction).mean() / direction.square().sum())
 
 
+def _stage_memory(stage: str, model: DiffusionModel) -> dict[str, float]:
+    """`<stage>_peak_rss_mb` (the process's peak resident set so far) and, on a GPU, `<stage>_gpu_peak_mb`."""
+    figures = peak_memory_mb(model.device)
+    return {f"{stage}_peak_rss_mb": figures["cpu_rss_mb"]} | (
+        {f"{stage}_gpu_peak_mb": figures["gpu_peak_mb"]} if "gpu_peak_mb" in figures else {}
+    )
+
+
 def _lora_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
     return [p for n, p in model.unet.named_parameters() if "lora_" in n]
 
@@ -95,6 +99,7 @@ class DarkMiner:
     """Dark Miner behind the [`ErasureMethod`] protocol. Construct with a [`DarkMinerConfig`]."""
 
     name = "dark_miner"
+    needs_clip = True  # verifying (Eq. 6) scores images with CLIP; `darkminer erase` checks for one before starting
 
     def __init__(self, config: DarkMinerConfig):
         self.config = config
@@ -181,7 +186,8 @@ class DarkMiner:
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             t = torch.randint(0, model.num_train_timesteps, (len(x0),), generator=generator).to(model.device)
             cond = self._condition(model, embedding).expand(len(x0), -1, -1)
-            loss = F.mse_loss(model.predict_noise(model.add_noise(x0, noise, t), t, cond).float(), noise.float())
+            target = model.training_target(x0, noise, t)  # the noise of Eq. 5, or v for a v-prediction model
+            loss = F.mse_loss(model.predict_noise(model.add_noise(x0, noise, t), t, cond).float(), target.float())
             check_finite("mining", step, {"l_m": loss}, run)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,6 +347,7 @@ class DarkMiner:
             output_dir,
             {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
             total_limit=cfg.checkpoint_limit,
+            runtime=model.runtime(),
         )
         resumed = self._resume(model, run)
         if resumed is None:
@@ -373,11 +380,13 @@ class DarkMiner:
             tic = time.perf_counter()
             embedding, picks, mining_losses = self._mine(model, concept, pools[concept], generator, run, loop)
             record.update(
-                mining_loss=mining_losses, mining_seconds=time.perf_counter() - tic, mining_peak_rss_mb=_peak_rss_mb()
+                mining_loss=mining_losses,
+                mining_seconds=time.perf_counter() - tic,
+                **_stage_memory("mining", model),
             )
             tic = time.perf_counter()
             score = self._verify(model, embedding, pool_images[concept], picks, generator)
-            record.update(score=score, verify_seconds=time.perf_counter() - tic, verify_peak_rss_mb=_peak_rss_mb())
+            record.update(score=score, verify_seconds=time.perf_counter() - tic, **_stage_memory("verify", model))
             below = state["below"][concept] = state["below"][concept] + 1 if score < cfg.verify.tau else 0
             if below >= cfg.verify.patience:
                 state["done"].append(concept)
@@ -390,7 +399,7 @@ class DarkMiner:
                 record.update(
                     circumvent=self._circumvent(model, pool, generator, run, loop),
                     circumvent_seconds=time.perf_counter() - tic,
-                    circumvent_peak_rss_mb=_peak_rss_mb(),
+                    **_stage_memory("circumvent", model),
                 )
             state["history"].append({k: v for k, v in record.items() if not isinstance(v, dict | list)})
             run.log(**record)

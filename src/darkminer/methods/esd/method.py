@@ -123,6 +123,7 @@ class Esd:
             output_dir,
             {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
             total_limit=2,
+            runtime=model.runtime(),
         )
         start, params, optimizer = start_or_resume_lora(
             model,

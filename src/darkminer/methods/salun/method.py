@@ -183,7 +183,7 @@ class SalUn:
                     prediction = (1 + w) * eps_c - w * eps_0
                 else:
                     prediction = model.predict_noise(x_t, t, c)
-                loss = F.mse_loss(prediction.float(), noise.float())
+                loss = F.mse_loss(prediction.float(), model.training_target(latents, noise, t).float())
                 check_finite("salun saliency", start // cfg.batch_size, {"forget": loss}, None)
                 for total, grad in zip(grads, torch.autograd.grad(loss, weights), strict=True):
                     total += grad.float()
@@ -221,6 +221,7 @@ class SalUn:
                 "config": dataclasses.asdict(cfg),
             },
             total_limit=2,
+            runtime=model.runtime(),
         )
         forget = self._latents(model, forget_prompts, cfg.images, run.path / "pool" / "forget.safetensors", cfg.seed)
         retain = self._latents(
@@ -276,7 +277,7 @@ class SalUn:
                     target = model.predict_noise(x_t[:b], t[:b], c_random).float()
                 prediction = model.predict_noise(x_t, t, torch.cat([c, c_retain])).float()
                 forget_loss = F.mse_loss(prediction[:b], target)
-                retain_loss = F.mse_loss(prediction[b:], noise[b:].float())
+                retain_loss = F.mse_loss(prediction[b:], model.training_target(x0[b:], noise[b:], t[b:]).float())
                 loss = forget_loss + cfg.alpha * retain_loss
                 check_finite("salun", step, {"forget": forget_loss, "retain": retain_loss}, run)
                 optimizer.zero_grad(set_to_none=True)

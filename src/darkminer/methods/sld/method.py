@@ -56,6 +56,7 @@ class SLD:
             output_dir,
             {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
             total_limit=None,
+            runtime=model.runtime(),
         )
         if not run.read_log():  # a re-run of a finished run changes nothing
             run.log(step=0, preset=cfg.preset, **dataclasses.asdict(settings))

@@ -137,6 +137,7 @@ class UCE:
                 "preserved": preserved,
             },
             total_limit=None,
+            runtime=model.runtime(),
         )
         metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
         if (run.path / ERASURE_CONFIG_NAME).is_file():  # a finished run: the edit is deterministic, load it
