@@ -357,26 +357,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models import ModelLoadError
-    from .training.checkpoint import NonFiniteLossError, RunConflictError
+    from .models import LoraLoadError, ModelLoadError
+    from .training.checkpoint import NonFiniteLossError, RunConflictError, RunLockedError
 
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (
+    # What a user can cause and fix: one line and exit 2. Anything else is a bug and keeps its traceback.
+    user_errors = (
         UsageError,
         ConfigError,
         ModelLoadError,
+        LoraLoadError,
         FileNotFoundError,
+        NotADirectoryError,
+        FileExistsError,
+        PermissionError,
         RunConflictError,
+        RunLockedError,
         NonFiniteLossError,
-        ValueError,
         NotImplementedError,
-    ) as err:
+    )
+    try:
+        return args.func(args)
+    except user_errors as err:
         if os.environ.get("DARKMINER_DEBUG"):
             raise
         print(f"darkminer {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except torch_oom() as err:
+        if os.environ.get("DARKMINER_DEBUG"):
+            raise
+        print(
+            f"darkminer {args.command}: error: out of memory ({str(err).splitlines()[0]}); lower --batch-size (images "
+            "per chunk), or the method's batch_size, or pass --gradient-checkpointing to erase.",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def torch_oom() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a device ran out of memory."""
+    import torch
+
+    return (torch.OutOfMemoryError, MemoryError)
 
 
 if __name__ == "__main__":

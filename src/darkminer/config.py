@@ -1,16 +1,22 @@
 """Typed configs: dataclasses built from a YAML file plus dotted `key.sub=value` overrides, saved as JSON.
 
-Every config class is a (possibly nested) dataclass whose fields carry `metadata={"help": ...}` and whose
-`__post_init__` validates. Values given in YAML or on the command line are parsed as YAML scalars, so
-`mining.steps=300`, `verify.tau=0.25` and `concepts=[star,red]` all work.
+Every config class is a (possibly nested) dataclass whose fields carry `metadata={"help": ...}` (and, for
+numbers, optional `min` / `max` bounds) and whose `__post_init__` validates what depends on several fields. Every
+value read from YAML or an override is first checked against its field's type and bounds ([`check_value`],
+[`check_range`]): one validation for every config, before anything is built or written. Values given in YAML or
+on the command line are parsed as YAML scalars, so `mining.steps=300`, `verify.tau=0.25` and `concepts=[star,red]`
+all work.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import types
 import typing
+import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +26,62 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config file or override that does not fit the config class."""
+    """A setting the user gave (config file, override, flag, concept, prompt file) that is not valid; the message
+    names it, the value, and what is allowed. The command line reports it in one line and exits with 2."""
+
+
+def check_value(name: str, annotation: Any, value: Any) -> Any:
+    """`value` checked against a config field's type annotation, as the one validation every config goes through.
+
+    ints must be ints (not bools, not floats such as 2.5), floats finite numbers (an int is taken as a float), bools
+    bools, strings strings, lists lists of their item type; `X | None` also takes None.
+
+    Returns:
+        The value, with an int given for a float field converted to float.
+
+    Raises:
+        [`ConfigError`]: naming the field, the value and the expected type.
+    """
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType | typing._UnionGenericAlias):  # type: ignore[attr-defined]
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return check_value(name, options[0], value)
+        for option in options:
+            try:
+                return check_value(name, option, value)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}={value!r} must be one of the types {options}.")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be true or false.")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}={value!r} must be an integer.")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name}={value!r} must be a number.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}={value!r} must be a finite number.")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r} must be a string.")
+        return value
+    if typing.get_origin(annotation) in (list, tuple) and args:
+        if value is None:
+            raise ConfigError(f"{name} is empty: give a list, or [] for none.")
+        if args[0] is str and (not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"{name}={value!r} must be a string or a list of strings.")
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}={value!r} must be a list.")
+        return [check_value(f"{name}[{i}]", args[0], item) for i, item in enumerate(value)]
+    return value
 
 
 def string_list(owner: str, name: str, value: Any) -> list[str]:
@@ -35,6 +96,38 @@ def string_list(owner: str, name: str, value: Any) -> list[str]:
     return list(value)
 
 
+def check_range(name: str, metadata: Any, value: Any) -> Any:
+    """`value` checked against a field's `metadata` bounds `min` and `max` (inclusive), when it declares them.
+
+    Raises:
+        [`ConfigError`]: naming the field, the value and the allowed range.
+    """
+    low, high = metadata.get("min"), metadata.get("max")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else (f"<= {high}" if low is None else f"in [{low}, {high}]")
+            raise ConfigError(f"{name}={value!r} must be {bounds}.")
+    return value
+
+
+def check_fields(config: Any, prefix: str = "") -> None:
+    """Check every field of a dataclass instance against its type and bounds, in place (an int given for a float
+    field becomes a float). Config classes call it first thing in `__post_init__`, so that configs built in Python are
+    held to what YAML and overrides are.
+
+    Raises:
+        [`ConfigError`]: the first field whose value does not fit, named with `prefix`.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) or isinstance(value, str) and typing.get_origin(hints[f.name]) is list:
+            continue  # a nested config checked itself when it was built; a lone string becomes a list there
+        checked = check_range(f"{prefix}{f.name}", f.metadata, check_value(f"{prefix}{f.name}", hints[f.name], value))
+        if checked is not value and not isinstance(value, list | tuple):
+            object.__setattr__(config, f.name, checked)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`."""
     tree: dict[str, Any] = {}
@@ -44,9 +137,17 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         node = tree
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"Override {item!r} has an empty key part; write it as section.key=value.")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override {item!r} sets a key inside {part!r}, which an earlier override set.")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            reason = str(err).splitlines()[0]
+            raise ConfigError(f"Override {item!r}: its value is not valid YAML ({reason}); quote it.") from err
     return tree
 
 
@@ -64,6 +165,7 @@ def _is_dataclass_type(tp) -> bool:
 def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
     """Build dataclass `cls` from nested `values`, refusing unknown keys by name."""
     hints = typing.get_type_hints(cls)
+    metadata = {f.name: f.metadata for f in dataclasses.fields(cls)}
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -82,11 +184,15 @@ def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
             )
         elif typing.get_origin(tp) in (list, tuple) and isinstance(value, str):
             value = [value]
+        if not _is_dataclass_type(tp):
+            value = check_range(f"{path}{name}", metadata[name], check_value(f"{path}{name}", hints[name], value))
         kwargs[name] = value
     try:
         return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"Bad config for {cls.__name__}: {err}") from err
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # __post_init__ range checks: about what the user gave
+        raise ConfigError(f"{str(err).rstrip('.')} (in {cls.__name__}).") from err
 
 
 def to_dict(config) -> dict[str, Any]:
@@ -104,7 +210,13 @@ def load_config(cls: type[T], config_file: str | Path | None = None, overrides: 
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist.")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"Config file {path} is not valid YAML{line}: {reason}.") from err
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"Config file {path} must hold a mapping of keys to values, got {type(loaded).__name__}."
@@ -114,11 +226,17 @@ def load_config(cls: type[T], config_file: str | Path | None = None, overrides: 
     return from_dict(cls, values)
 
 
+def temp_name(path: str | Path) -> Path:
+    """A temporary name beside `path`, unique to this process and call, for writing then renaming into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically (a unique temp file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_name(path)
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     tmp.replace(path)
 

@@ -11,6 +11,7 @@ import importlib.resources
 import time
 from pathlib import Path
 
+from .config import ConfigError
 from .erase import EraseJob, run_erase, write_run_report
 from .eval.report import table_lines
 from .eval.shapesworld import alternative_rate, erasure_table
@@ -25,7 +26,7 @@ def preset_path(method: str, concept: str) -> Path:
     resource = importlib.resources.files("darkminer").joinpath("configs", method, f"shapesworld_{concept}.yaml")
     path = Path(str(resource))
     if not path.is_file():
-        raise FileNotFoundError(f"No ShapesWorld preset for method {method!r} and concept {concept!r} ({path}).")
+        raise ConfigError(f"No ShapesWorld preset for method {method!r} and concept {concept!r} ({path}).")
     return path
 
 
@@ -42,6 +43,9 @@ def run_demo(
     which is also written into the run's report. Re-running it resumes the erasure and re-measures. `source` gives
     the device, dtype and batch size (its model must be ShapesWorld's; the default is the bundled one)."""
     get_concept(concept)
+    if isinstance(images_per_prompt, bool) or not isinstance(images_per_prompt, int) or images_per_prompt < 1:
+        raise ConfigError(f"--images-per-prompt {images_per_prompt!r} must be an integer >= 1.")
+    preset_path(method, concept)
     start = time.perf_counter()
     job = EraseJob(
         **(source or ModelSource()).source_fields(),

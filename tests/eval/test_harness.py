@@ -47,7 +47,53 @@ def test_evaluate_writes_a_table_row(quick_world, tmp_path):
     saved = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert saved["ratio"] == results["ratio"]
     report = (tmp_path / "ev" / "report.md").read_text()
-    assert "Ratio %" in report and "ASR cce %" in report and (tmp_path / "ev" / "grids.png").exists()
+    assert "Ratio %" in report and "ASR cce %" in report
+    for grid in ("normal", "preservation", "attack_cce", "attack_ring_a_bell"):
+        assert f"(grid_{grid}.png)" in report and (tmp_path / "ev" / f"grid_{grid}.png").exists()
+    assert not (tmp_path / "ev" / "progress.json").exists()
+
+
+def test_killed_evaluation_resumes_its_finished_parts(quick_world, tmp_path, monkeypatch):
+    """A failure in the second attack leaves no results.json; the re-run reuses the figures and the first attack."""
+    from darkminer.eval import harness
+
+    out = tmp_path / "ev"
+    (out).mkdir()
+    (out / "results.json").write_text("{}")  # an older, finished evaluation
+    job = dict(
+        concept="star",
+        output_dir=str(out),
+        model=str(quick_world),
+        attacks=["ring_a_bell", "cce"],
+        attack_overrides=TINY_ATTACKS,
+        images_per_prompt=1,
+        sampling_steps=2,
+    )
+    run_attack = harness._run_attack
+
+    def crash_on_cce(model, world, job, name, *args):
+        if name == "cce":
+            raise KeyboardInterrupt
+        return run_attack(model, world, job, name, *args)
+
+    monkeypatch.setattr(harness, "_run_attack", crash_on_cce)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvaluateJob(**job))
+    assert not (out / "results.json").exists()
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["figures"] is not None and set(progress["attacks"]) == {"ring_a_bell"}
+
+    calls = []
+
+    def count(model, world, job, name, *args):
+        calls.append(name)
+        return run_attack(model, world, job, name, *args)
+
+    monkeypatch.setattr(harness, "_run_attack", count)
+    monkeypatch.setattr(harness, "_erasure_figures", lambda *a: pytest.fail("figures recomputed"))
+    results = evaluate(EvaluateJob(**job))
+    assert calls == ["cce"] and results["ratio"] == progress["figures"]["ratio"]
+    assert set(results["attacks"]) == {"ring_a_bell", "cce"} and (out / "results.json").exists()
 
 
 def test_attack_command_with_banned_words(quick_world, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,48 @@ def test_check_finite_accepts_vector_terms():
     # Regression: formatting a per-sample term used to raise "only one element tensors can be converted".
     with pytest.raises(NonFiniteLossError, match="per_sample=nan"):
         check_finite("mining", 7, {"per_sample": torch.tensor([0.5, float("nan")])}, None)
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path: Path):
+    run = RunDirectory(tmp_path, CONFIG, total_limit=None)
+    run.save_checkpoint(1, _write_marker("one"))
+    run.save_checkpoint(2, _write_marker("two and more"))
+    (tmp_path / "checkpoint-2" / "state.txt").write_text("tw")  # truncated by a full disk, say
+    with pytest.warns(UserWarning, match="checkpoint-2 is damaged"):
+        assert run.latest() == (1, tmp_path / "checkpoint-1")
+
+
+def test_checkpoints_of_another_config_are_refused_without_config_json(tmp_path: Path):
+    run = RunDirectory(tmp_path, CONFIG)
+    run.save_checkpoint(3, _write_marker("x"))
+    run.close()
+    (tmp_path / CONFIG_NAME).unlink()
+    other = {**CONFIG, "config": {**CONFIG["config"], "seed": 1}}
+    with pytest.raises(RunConflictError, match="checkpoint-3 was written by a run with another config"):
+        RunDirectory(tmp_path, other)
+    assert not (tmp_path / CONFIG_NAME).exists()
+    assert RunDirectory(tmp_path, CONFIG).latest() == (3, tmp_path / "checkpoint-3")  # its own config resumes it
+
+
+def test_a_run_directory_is_locked_for_other_processes_only(tmp_path: Path):
+    import subprocess
+    import sys
+
+    run = RunDirectory(tmp_path, CONFIG)
+    RunDirectory(tmp_path, CONFIG).close()  # the same process may reopen it
+    probe = "import sys; from darkminer.training.checkpoint import RunDirectory; RunDirectory(sys.argv[1], {})"
+    refused = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode != 0 and "RunLockedError" in refused.stderr
+    assert f"process {os.getpid()}" in refused.stderr
+    run.close()
+    # Released: another process may take it now (its empty config differs from ours, which is the next check).
+    taken = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
+    assert "RunLockedError" not in taken.stderr and "RunConflictError" in taken.stderr
+
+
+def test_non_finite_loss_advice_does_not_resume_into_the_same_failure(tmp_path: Path):
+    run = RunDirectory(tmp_path, CONFIG)
+    run.save_checkpoint(2, _write_marker("x"))
+    with pytest.raises(NonFiniteLossError) as info:
+        check_finite("mining", 7, {"l_m": torch.tensor(float("nan"))}, run)
+    assert "new --output-dir" in str(info.value) and "re-run the same command to resume" not in str(info.value)

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..config import write_json
+from ..config import ConfigError, write_json
 from ..models import DiffusionModel
 from ..training.checkpoint import load_tensors, save_tensors
 
@@ -207,7 +207,7 @@ def get_attack(name: str) -> AttackEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"Unknown attack {name!r}; registered attacks: {sorted(_REGISTRY)}.") from None
+        raise ConfigError(f"Unknown attack {name!r}; registered attacks: {sorted(_REGISTRY)}.") from None
 
 
 def list_attacks() -> list[AttackEntry]:

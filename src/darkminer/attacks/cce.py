@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..config import check_fields
 from ..models import DiffusionModel
 from .base import AttackResult
 from .common import (
@@ -81,10 +82,11 @@ class CCEConfig:
         metadata={"help": "Prompt for the concept images when neither images nor prompts are given."},
     )
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the concept images."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for the concept images."})
+    guidance_scale: float = field(default=7.5, metadata={"min": 0, "help": "Guidance scale for the concept images."})
     seed: int = field(default=0, metadata={"help": "Seed of the one generator behind every random draw."})
 
     def __post_init__(self):
+        check_fields(self)
         check_positive(
             "cce",
             steps=self.steps,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import string_list
+from ..config import check_fields, string_list
 from ..models import DiffusionModel
 from .base import AttackResult
 from .common import (
@@ -93,10 +93,13 @@ class P4DConfig:
     )
     eval_samples: int = field(default=8, metadata={"help": "Noisy latents of the probe (t stratified over [0, T))."})
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the original's images."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for the original's images."})
+    guidance_scale: float = field(
+        default=7.5, metadata={"min": 0, "help": "Guidance scale for the original's images."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the one generator behind every random draw."})
 
     def __post_init__(self):
+        check_fields(self)
         check_positive(
             "p4d",
             steps=self.steps,

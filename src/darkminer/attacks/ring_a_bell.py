@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..config import string_list
+from ..config import check_fields, string_list
 from ..models import DiffusionModel
 from .base import AttackResult
 from .common import (
@@ -92,6 +92,7 @@ class RingABellConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the one generator behind every random draw."})
 
     def __post_init__(self):
+        check_fields(self)
         check_positive(
             "ring_a_bell",
             num_tokens=self.num_tokens,

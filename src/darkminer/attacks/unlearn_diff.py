@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import string_list
+from ..config import check_fields, string_list
 from ..metrics import Detector
 from ..models import DiffusionModel
 from .base import AttackResult
@@ -139,10 +139,13 @@ class UnlearnDiffConfig:
         },
     )
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the attack and check images."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for the attack and check images."})
+    guidance_scale: float = field(
+        default=7.5, metadata={"min": 0, "help": "Guidance scale for the attack and check images."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the one generator behind every random draw."})
 
     def __post_init__(self):
+        check_fields(self)
         check_positive(
             "unlearn_diff",
             steps=self.steps,

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..attacks import list_attacks
+from ..attacks import get_attack, list_attacks
+from ..config import ConfigError
 from ..erase import EraseJob, run_erase
-from ..methods import list_methods
+from ..methods import get_method, list_methods
 from ..models.runtime import ModelSource
 from .harness import EvaluateJob, evaluate, table_row
 
@@ -77,18 +78,26 @@ class BenchConfig(ModelSource):
     runs_dir: str = field(default="runs/bench", metadata={"help": "Where run directories and cell results go."})
     output: str = field(default="docs/results/shapesworld.md", metadata={"help": "The Markdown table."})
     quick: bool = field(default=False, metadata={"help": "A few steps of everything (smoke test)."})
-    images_per_prompt: int = field(default=4, metadata={"help": "Images per normal prompt."})
-    seed: int = field(default=0, metadata={"help": "Seed of evaluation and attacks."})
-    sampling_steps: int = field(default=25, metadata={"help": "DDIM steps of every evaluation image."})
+    images_per_prompt: int = field(default=4, metadata={"min": 1, "help": "Images per normal prompt."})
+    seed: int = field(default=0, metadata={"min": 0, "help": "Seed of evaluation and attacks."})
+    sampling_steps: int = field(default=25, metadata={"min": 1, "help": "DDIM steps of every evaluation image."})
     extra_method_overrides: dict[str, list[str]] = field(default_factory=dict, metadata={"help": "Per method."})
     extra_attack_overrides: list[str] = field(default_factory=list, metadata={"help": "<attack>.<field>=value."})
 
     def __post_init__(self):
         super().__post_init__()
         if self.suite != "shapesworld":
-            raise ValueError(f"Unknown bench suite {self.suite!r}; only 'shapesworld' is implemented.")
+            raise ConfigError(f"Unknown bench suite {self.suite!r}; only 'shapesworld' is implemented.")
         self.methods = self.methods or [m.name for m in list_methods()]
         self.attacks = self.attacks or [a.name for a in list_attacks()]
+        from ..toy.captions import get_concept
+
+        for name in self.methods:
+            get_method(name)
+        for name in self.attacks:
+            get_attack(name)
+        for name in self.concepts:
+            get_concept(name)
 
 
 def _cell(config: BenchConfig, method: str, concept: str) -> dict:
@@ -122,7 +131,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
             k for k in wanted if k not in _WHERE and results.get("job", {}).get(k, _DEFAULTS.get(k)) != wanted[k]
         )
         if differ:
-            raise ValueError(
+            raise ConfigError(
                 f"The bench cell {cell_dir} was finished with other settings ({', '.join(differ)}); pass another "
                 "--runs-dir, or delete that cell to recompute it."
             )

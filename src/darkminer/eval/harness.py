@@ -17,6 +17,8 @@ ShapesWorld supplies its own prompts and detector; other models are refused with
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +27,13 @@ import numpy as np
 import torch
 
 from ..attacks import get_attack
-from ..config import load_config, write_json
+from ..config import ConfigError, load_config, write_json
 from ..metrics import attack_success_rate, clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import image_features, text_features
 from ..models import DiffusionModel, disable_lora
 from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
+from ..training.checkpoint import locked_directory
 from ..utils.images import labelled_grid
 from .report import table_lines
 from .shapesworld import generate_batched, is_shapesworld
@@ -50,9 +53,9 @@ class EvaluateJob(ModelSource):
     )
     attacks: list[str] = field(default_factory=list, metadata={"help": "Registered attacks to run."})
     attack_overrides: list[str] = field(default_factory=list, metadata={"help": "'<attack>.<field>=value' overrides."})
-    images_per_prompt: int = field(default=4, metadata={"help": "Images per normal prompt (paper: 10)."})
-    seed: int = field(default=0, metadata={"help": "Seed of every generation."})
-    sampling_steps: int = field(default=25, metadata={"help": "DDIM steps of every generated image."})
+    images_per_prompt: int = field(default=4, metadata={"min": 1, "help": "Images per normal prompt (paper: 10)."})
+    seed: int = field(default=0, metadata={"min": 0, "help": "Seed of every generation."})
+    sampling_steps: int = field(default=25, metadata={"min": 1, "help": "DDIM steps of every generated image."})
     erase_metrics: bool = field(default=True, metadata={"help": "Measure Ratio/Score/CLIP/FID (False: attacks only)."})
     ban_concept_words: bool = field(
         default=False,
@@ -65,7 +68,7 @@ class EvaluateJob(ModelSource):
     def __post_init__(self):
         super().__post_init__()
         if self.images_per_prompt < 1:
-            raise ValueError(f"images_per_prompt must be >= 1, got {self.images_per_prompt}.")
+            raise ConfigError(f"images_per_prompt must be >= 1, got {self.images_per_prompt}.")
         for name in self.attacks:
             get_attack(name)
 
@@ -138,78 +141,124 @@ class _World:
         return self.detector.features((to_tensor_range(render_batch(labels, seed)) + 1) / 2)
 
 
+PROGRESS_NAME = "progress.json"
+"""What a running (or killed) evaluation has finished, so that a re-run with the same job resumes it."""
+
+
+def _job_key(job: EvaluateJob) -> str:
+    """What must match for finished parts to be reused: the job, less where it runs."""
+    what = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("device", "batch_size", "output_dir")}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_grid(out: Path, name: str, caption: str, images: torch.Tensor) -> tuple[str, str]:
+    scale = max(1, 64 // images.shape[-1])
+    labelled_grid([(caption, images)], scale=scale, label_width=200).save(out / f"grid_{name}.png")
+    return caption, f"grid_{name}.png"
+
+
 def evaluate(job: EvaluateJob) -> dict:
-    """Run `job`; writes `results.json`, `report.md` and grids to `job.output_dir` and returns the results."""
-    out = Path(job.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run `job`; writes `results.json`, `report.md` and grids to `job.output_dir` and returns the results.
+
+    The directory is locked while it is written. `results.json` is removed at the start and written last, so it is
+    there only for a finished evaluation; `progress.json` records each finished part (the erasure figures, each
+    attack), and re-running the same job resumes after the last of them.
+    """
     model = job.load()
     if job.adapter:
         apply_adapter(model, job.adapter)
-    world = _World(model, job)
-    results = {
-        "job": dataclasses.asdict(job),
-        "runtime": model.runtime(),
-        "detector": world.detector.metadata(),
-        "attacks": {},
-    }
-    grids = []
-    start = time.perf_counter()
-    if job.erase_metrics:
-        images = generate_batched(model, world.normal, job.images_per_prompt, job.seed, job.sampling_steps)
-        verdict = world.detector(images)
-        results.update(erasure_figures(verdict.scores, verdict.decisions, world.detector.kind))
-        grids.append(("normal prompts", images[:: job.images_per_prompt][:16]))
-        trained = generate_batched(model, world.training, job.images_per_prompt, job.seed + 5, job.sampling_steps)
-        results["ratio_training"] = float(world.detector(trained).decisions.float().mean())
-        texts = [p.text for p in world.preserve]
-        kept = generate_batched(model, texts, job.images_per_prompt, job.seed + 1, job.sampling_steps)
-        wanted = [p.constraints for p in world.preserve for _ in range(job.images_per_prompt)]
-        results["preservation"] = float(world.detector.judge.follows(kept, wanted).float().mean())
-        repeated = [t for t in texts for _ in range(job.images_per_prompt)]
-        if model.clip is not None:
-            results["clip_score"] = clip_score(image_features(model, kept), text_features(model, repeated))
-        reference = world.reference_features(job.images_per_prompt, job.seed + 2)
-        results["fid"] = fid_from_features(world.detector.features(kept), reference)
-        grids.append(("preservation prompts", kept[:: job.images_per_prompt][:16]))
-    if job.attacks:  # drawn once per row, shared by the attacks
-        per_prompt = world.concept_images(model, ATTACK_IMAGES_PER_PROMPT, job.seed + 4, job.sampling_steps)
-        pooled = world.top_images(per_prompt, 32)
-    for name in job.attacks:
-        banned = job.ban_concept_words and _has_field(name, "banned_words")
-        config = _attack_config(name, job.attack_overrides, [f"banned_words={world.banned}"] if banned else [])
-        attack = get_attack(name).attack_class(config)
-        # An attack that stops once the concept shows (UnlearnDiff, as its paper's code) gets the detector.
-        checked = {"detector": world.detector} if _has_field(name, "stop_on_success") else {}
-        tic = time.perf_counter()
-        result = attack.run(
-            model,
-            concept=job.concept,
-            prompts=world.attack_sources,
-            images=per_prompt if _has_field(name, "images_per_prompt") else pooled,
-            output_dir=out / name,
-            **checked,
-        )
-        result.save(out / name)
-        adversarial = _generate_cond(model, result.conditionings(model), job.seed + 3, job.sampling_steps)
-        decisions = world.detector(adversarial).decisions
-        results["attacks"][name] = {
-            "asr": attack_success_rate(decisions),
-            "outputs": len(result),
-            "seconds": round(time.perf_counter() - tic, 1),
-            "prompts": result.prompts[:8],
+    world = _World(model, job)  # refuses a concept or model it cannot judge, before anything is written
+    with locked_directory(job.output_dir) as out:
+        (out / "results.json").unlink(missing_ok=True)
+        key = _job_key(job)
+        progress = {}
+        if (out / PROGRESS_NAME).is_file():
+            progress = json.loads((out / PROGRESS_NAME).read_text())
+        if progress.get("job_key") != key:
+            progress = {"job_key": key, "figures": None, "attacks": {}, "grids": [], "seconds": 0.0}
+        start = time.perf_counter() - progress["seconds"]
+
+        def checkpoint() -> None:
+            progress["seconds"] = round(time.perf_counter() - start, 1)
+            write_json(out / PROGRESS_NAME, progress)
+
+        if job.erase_metrics and progress["figures"] is None:
+            progress["figures"], grids = _erasure_figures(model, world, job, out)
+            progress["grids"] += grids
+            checkpoint()
+        pending = [name for name in job.attacks if name not in progress["attacks"]]
+        if pending:  # drawn once per row, shared by the attacks
+            per_prompt = world.concept_images(model, ATTACK_IMAGES_PER_PROMPT, job.seed + 4, job.sampling_steps)
+            pooled = world.top_images(per_prompt, 32)
+        for name in pending:
+            tic = time.perf_counter()
+            progress["attacks"][name], adversarial = _run_attack(model, world, job, name, per_prompt, pooled, out)
+            progress["attacks"][name]["seconds"] = round(time.perf_counter() - tic, 1)
+            progress["grids"].append(_save_grid(out, f"attack_{name}", f"attack {name}", adversarial[:16]))
+            checkpoint()
+        results = {
+            "job": dataclasses.asdict(job),
+            "runtime": model.runtime(),
+            "detector": world.detector.metadata(),
+            **(progress["figures"] or {}),
+            "attacks": {name: progress["attacks"][name] for name in job.attacks},
+            "seconds": round(time.perf_counter() - start, 1),
         }
-        grids.append((f"attack {name}", adversarial[:16]))
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(out / "results.json", results)
-    _write_report(out, job, results, grids)
+        _write_report(out, job, results, progress["grids"])
+        write_json(out / "results.json", results)
+        (out / PROGRESS_NAME).unlink()
     return results
+
+
+def _erasure_figures(model, world: _World, job: EvaluateJob, out: Path) -> tuple[dict, list[tuple[str, str]]]:
+    """Ratio and Score on normal prompts, Ratio on training prompts, preservation, CLIP-score and FID."""
+    figures = {}
+    images = generate_batched(model, world.normal, job.images_per_prompt, job.seed, job.sampling_steps)
+    verdict = world.detector(images)
+    figures.update(erasure_figures(verdict.scores, verdict.decisions, world.detector.kind))
+    grids = [_save_grid(out, "normal", "normal prompts", images[:: job.images_per_prompt][:16])]
+    trained = generate_batched(model, world.training, job.images_per_prompt, job.seed + 5, job.sampling_steps)
+    figures["ratio_training"] = float(world.detector(trained).decisions.float().mean())
+    texts = [p.text for p in world.preserve]
+    kept = generate_batched(model, texts, job.images_per_prompt, job.seed + 1, job.sampling_steps)
+    wanted = [p.constraints for p in world.preserve for _ in range(job.images_per_prompt)]
+    figures["preservation"] = float(world.detector.judge.follows(kept, wanted).float().mean())
+    repeated = [t for t in texts for _ in range(job.images_per_prompt)]
+    if model.clip is not None:
+        figures["clip_score"] = clip_score(image_features(model, kept), text_features(model, repeated))
+    reference = world.reference_features(job.images_per_prompt, job.seed + 2)
+    figures["fid"] = fid_from_features(world.detector.features(kept), reference)
+    grids.append(_save_grid(out, "preservation", "preservation prompts", kept[:: job.images_per_prompt][:16]))
+    return figures, grids
+
+
+def _run_attack(model, world: _World, job: EvaluateJob, name: str, per_prompt, pooled, out: Path):
+    """One attack against the model as given; its record for results.json, and the images of its outputs."""
+    banned = job.ban_concept_words and _has_field(name, "banned_words")
+    config = _attack_config(name, job.attack_overrides, [f"banned_words={world.banned}"] if banned else [])
+    attack = get_attack(name).attack_class(config)
+    # An attack that stops once the concept shows (UnlearnDiff, as its paper's code) gets the detector.
+    checked = {"detector": world.detector} if _has_field(name, "stop_on_success") else {}
+    result = attack.run(
+        model,
+        concept=job.concept,
+        prompts=world.attack_sources,
+        images=per_prompt if _has_field(name, "images_per_prompt") else pooled,
+        output_dir=out / name,
+        **checked,
+    )
+    result.save(out / name)
+    adversarial = _generate_cond(model, result.conditionings(model), job.seed + 3, job.sampling_steps)
+    decisions = world.detector(adversarial).decisions
+    record = {"asr": attack_success_rate(decisions), "outputs": len(result), "prompts": result.prompts[:8]}
+    return record, adversarial
 
 
 def _has_field(attack: str, name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(get_attack(attack).config_class)}
 
 
-def _write_report(out: Path, job: EvaluateJob, results: dict, grids: list[tuple[str, torch.Tensor]]) -> None:
+def _write_report(out: Path, job: EvaluateJob, results: dict, grids: list[tuple[str, str]]) -> None:
     row = table_row(results)
     lines = [
         f"# Evaluation: `{job.concept}` on `{job.model}`" + (f" + `{job.adapter}`" if job.adapter else ""),
@@ -219,10 +268,8 @@ def _write_report(out: Path, job: EvaluateJob, results: dict, grids: list[tuple[
         f"Detector: `{results['detector']}`",
         "",
     ]
-    if grids:
-        scale = max(1, 64 // grids[0][1].shape[-1])
-        labelled_grid([(c, g) for c, g in grids], scale=scale, label_width=200).save(out / "grids.png")
-        lines += ["![samples](grids.png)", ""]
+    for caption, name in grids:
+        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     (out / "report.md").write_text("\n".join(lines))
 
 

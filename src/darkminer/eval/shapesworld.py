@@ -13,7 +13,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
+from ..config import ConfigError
 from ..metrics.functions import erasure_figures
 from ..models import DiffusionModel, disable_lora
 from ..toy.captions import Concept, EvalPrompt, concept_prompts, get_concept, preservation_prompts
@@ -36,19 +38,27 @@ class Generated:
 
 
 def generate_batched(
-    model: DiffusionModel, prompts: list[str], per_prompt: int, seed: int, steps: int = 25, batch: int = 128
+    model: DiffusionModel,
+    prompts: list[str],
+    per_prompt: int,
+    seed: int,
+    steps: int = 25,
+    batch: int = 128,
+    desc: str = "sampling",
 ) -> torch.Tensor:
     """`per_prompt` images for every prompt, about `batch` images per call; each chunk is seeded with `seed` plus
-    the index of its first prompt, so the same prompts and seed give the same noise (e.g. before and after)."""
+    the index of its first prompt, so the same prompts and seed give the same noise (e.g. before and after). A
+    progress bar labelled `desc` counts the images."""
     step = max(1, batch // per_prompt)
-    return torch.cat(
-        [
-            model.generate(
-                prompts[i : i + step], num_images_per_prompt=per_prompt, seed=seed + i, num_inference_steps=steps
+    chunks = []
+    with tqdm(total=len(prompts) * per_prompt, desc=desc, unit="img", leave=False, mininterval=2) as bar:
+        for i in range(0, len(prompts), step):
+            chunk = prompts[i : i + step]
+            chunks.append(
+                model.generate(chunk, num_images_per_prompt=per_prompt, seed=seed + i, num_inference_steps=steps)
             )
-            for i in range(0, len(prompts), step)
-        ]
-    )
+            bar.update(len(chunk) * per_prompt)
+    return torch.cat(chunks)
 
 
 def generate_for(
@@ -58,10 +68,12 @@ def generate_for(
     seed: int,
     original: bool = False,
     batch: int = 128,
+    desc: str = "sampling",
 ) -> Generated:
     """Images for every prompt, with the adapters as they are or switched off (`original=True`)."""
+    desc = f"{'original' if original else 'model'}: {desc}"
     with disable_lora(model.unet) if original else nullcontext():
-        images = generate_batched(model, [p.text for p in prompts], per_prompt, seed, batch=batch)
+        images = generate_batched(model, [p.text for p in prompts], per_prompt, seed, batch=batch, desc=desc)
     return Generated(prompts, images, per_prompt)
 
 
@@ -93,13 +105,13 @@ def erasure_table(
     concept = get_concept(concept_name)
     row, images = {}, {}
     for split in ("train", "heldout", "implicit"):
-        generated = generate_for(model, concept_prompts(concept, split), per_prompt, seed, original)
+        generated = generate_for(model, concept_prompts(concept, split), per_prompt, seed, original, desc=split)
         row[f"ratio_{split}"], row[f"score_{split}"] = concept_rates(judge, generated, concept)
         images[split] = generated
     normal = [images["heldout"], images["implicit"]]
     shown = torch.cat([judge.shows(g.images, concept).float() for g in normal])
     row["ratio_heldout_implicit"] = float(shown.mean())
-    preserved = generate_for(model, preservation_prompts(concept), per_prompt, seed + 7, original)
+    preserved = generate_for(model, preservation_prompts(concept), per_prompt, seed + 7, original, desc="other")
     row["preservation"] = follow_rate(judge, preserved)
     images["preservation"] = preserved
     return (row, images) if with_images else row
@@ -120,7 +132,7 @@ def alternative_rate(
     concept = get_concept(concept_name)
     values = {"shape": SHAPES, "colour": tuple(COLOURS), "pattern": PATTERNS}[concept.attribute]
     if alternative not in values:
-        raise ValueError(
+        raise ConfigError(
             f"Alternative {alternative!r} for {concept.attribute} concept {concept_name!r} must be one of {values}."
         )
     prompts = concept_prompts(concept, "train") + concept_prompts(concept, "heldout")

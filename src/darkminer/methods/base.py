@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ..config import ConfigError
 from ..models import DiffusionModel
 
 
@@ -26,7 +27,7 @@ class ErasureRequest:
         if isinstance(self.concepts, str):
             self.concepts = [self.concepts]
         if not self.concepts or any(not str(c).strip() for c in self.concepts):
-            raise ValueError("Give at least one non-empty concept to erase (--concept C, repeatable).")
+            raise ConfigError("Give at least one non-empty concept to erase (--concept C, repeatable).")
 
 
 @dataclass
@@ -90,7 +91,7 @@ def get_method(name: str) -> MethodEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"Unknown erasure method {name!r}; registered methods: {sorted(_REGISTRY)}.") from None
+        raise ConfigError(f"Unknown erasure method {name!r}; registered methods: {sorted(_REGISTRY)}.") from None
 
 
 def list_methods() -> list[MethodEntry]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..config import ConfigError
 from ..utils.images import from_pil
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -24,12 +25,12 @@ def load_image_pool(directory: str | Path, size: int) -> torch.Tensor:
         raise FileNotFoundError(f"Image pool directory {directory} does not exist.")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"Image pool directory {directory} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise ConfigError(f"Image pool directory {directory} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}).")
     images = []
     for path in files:
         try:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
         except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"Cannot read image-pool file {path}: {err}") from err
+            raise ConfigError(f"Cannot read image-pool file {path}: {err}") from err
     return from_pil(images, size)

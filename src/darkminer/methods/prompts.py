@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..config import ConfigError
 from ..eval.shapesworld import is_shapesworld
 from ..models import DiffusionModel
 from ..toy.captions import concept_prompts, get_concept
@@ -57,7 +58,7 @@ def prompt_templates(model: DiffusionModel, concept: str, prompt_file: str | Non
         lines = [line.strip() for line in path.read_text().splitlines()]
         prompts = [line for line in lines if line and not line.startswith("#")]
         if not prompts:
-            raise ValueError(f"Prompt file {path} holds no prompt (one per line; '#' starts a comment).")
+            raise ConfigError(f"Prompt file {path} holds no prompt (one per line; '#' starts a comment).")
         return [_mark(p, concept) for p in prompts]
     if is_shapesworld(model):
         return [_mark(p.text, concept) for p in concept_prompts(get_concept(concept), "train")]

@@ -19,6 +19,14 @@ SAFE_GUIDANCE_KEY = "safe_guidance"
 """Key of `erasure_config.json` holding SLD's settings (a [`SafeGuidance`]); a run with it has no LoRA file."""
 
 
+def _same_model(recorded: str, name: str) -> bool:
+    """Whether an adapter's recorded base model is `name` (a resolved path, or a spec that is no path)."""
+    if recorded == name:
+        return True
+    path = Path(recorded).expanduser()
+    return path.exists() and str(path.resolve()) == name
+
+
 def apply_adapter(model: DiffusionModel, directory: str | Path) -> dict:
     """Load an erasure adapter into `model` (in place) and return its `erasure_config.json` (empty if absent).
 
@@ -35,7 +43,7 @@ def apply_adapter(model: DiffusionModel, directory: str | Path) -> dict:
     if (directory / ERASURE_CONFIG_NAME).is_file():
         record = json.loads((directory / ERASURE_CONFIG_NAME).read_text())
         base = record.get("base_model")
-        if base is not None and base != model.name:
+        if base is not None and not _same_model(base, model.name):
             raise ModelLoadError(
                 f"The adapter in {directory} was made for base model {base!r}, not {model.name!r}; "
                 f"pass --model {base}."

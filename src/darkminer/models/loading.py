@@ -235,7 +235,9 @@ def load_model(
             Images per sampling and VAE chunk ([`DiffusionModel.batch_size`]); by default a memory budget.
 
     Returns:
-        [`DiffusionModel`]: every module frozen (`requires_grad=False`) and in eval mode; `name` is `str(spec)`.
+        [`DiffusionModel`]: every module frozen (`requires_grad=False`) and in eval mode. Its `name`, which run
+            directories and adapters record as the base model, is the resolved absolute path of a local directory or
+            file (so `./sd`, `sd/` and `/abs/sd` are one model), else the spec.
 
     Raises:
         [`ModelLoadError`]: if the spec matches none of the accepted forms, names a path that does not exist or an
@@ -251,7 +253,7 @@ def load_model(
         with _shapesworld_dir() as directory:
             model = _load_directory(directory, SHAPESWORLD, dtype)
     elif path.is_dir():
-        model = _load_directory(path, name, dtype)
+        model = _load_directory(path, str(path.resolve()), dtype)
     elif path.is_file():
         if path.suffix != ".safetensors":
             raise ModelLoadError(
@@ -259,7 +261,8 @@ def load_model(
                 "loaded (pickle formats such as .ckpt/.bin are refused). Convert it to safetensors, or pass "
                 f"{_FORMS}."
             )
-        model = _load_single_file(path, name, dtype, None if model_config is None else os.fspath(model_config))
+        config_dir = None if model_config is None else os.fspath(model_config)
+        model = _load_single_file(path, str(path.resolve()), dtype, config_dir)
     elif isinstance(spec, os.PathLike) or path.suffix == ".safetensors" or name.startswith((".", "/", "~")):
         raise ModelLoadError(f"Model path {name!r} does not exist. Accepted model specs: {_FORMS}.")
     elif _HUB_ID.match(name):

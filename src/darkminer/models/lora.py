@@ -375,8 +375,14 @@ def _read_record(directory: Path, weights: Path) -> dict[str, Any]:
             raise LoraLoadError(f"{config_path} has no `lora` section; it was not written by `save_lora`.")
         return record
     # No adapter_config.json: fall back to the LoraConfig diffusers stores in the safetensors header.
-    with safe_open(weights, framework="pt") as handle:
-        raw = (handle.metadata() or {}).get(_DIFFUSERS_METADATA_KEY)
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(_DIFFUSERS_METADATA_KEY)
+    except Exception as err:  # safetensors raises its own errors for truncated or foreign files
+        raise LoraLoadError(
+            f"{weights} is damaged or not a safetensors file ({str(err).splitlines()[0]}); re-run the erase that "
+            "wrote it."
+        ) from err
     lora = {k.removeprefix(_PREFIX): v for k, v in json.loads(raw).items() if k.startswith(_PREFIX)} if raw else {}
     if not lora:
         raise LoraLoadError(
@@ -432,7 +438,13 @@ def load_lora(model: DiffusionModel, directory: str | Path, *, adapter_name: str
         raise LoraLoadError(f"Cannot add the adapter from {directory}: {err}") from err
 
     expected = {_to_diffusers_key(k): (k, v) for k, v in _peft_state(unet, adapter_name).items()}
-    found = load_file(weights)
+    try:
+        found = load_file(weights)
+    except Exception as err:  # safetensors raises its own errors for truncated or foreign files
+        raise LoraLoadError(
+            f"{weights} is damaged or not a safetensors file ({str(err).splitlines()[0]}); re-run the erase that "
+            "wrote it."
+        ) from err
     unexpected = sorted(k for k in found if not k.startswith(_PREFIX) or k[len(_PREFIX) :] not in expected)
     found = {k[len(_PREFIX) :]: v for k, v in found.items() if k.startswith(_PREFIX)}
     missing = sorted(_PREFIX + k for k in expected if k not in found)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from ..config import ConfigError, check_fields
+
 __all__ = ["DTYPE_NAMES", "ModelSource", "peak_memory_mb", "resolve_device", "resolve_dtype"]
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -52,17 +54,17 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device {spec!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps.") from err
+        raise ConfigError(f"--device {spec!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps.") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {spec!r}: this machine has no CUDA device; use --device cpu (or auto).")
+            raise ConfigError(f"--device {spec!r}: this machine has no CUDA device; use --device cpu (or auto).")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"--device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 to "
                 f"cuda:{torch.cuda.device_count() - 1}."
             )
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {spec!r}: MPS is not available here; use --device cpu (or auto).")
+        raise ConfigError(f"--device {spec!r}: MPS is not available here; use --device cpu (or auto).")
     return device
 
 
@@ -91,7 +93,7 @@ def resolve_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch
     try:
         return DTYPE_NAMES[spec.lower()]
     except KeyError:
-        raise ValueError(f"--dtype {spec!r} is not a known dtype; use auto, {', '.join(DTYPE_NAMES)}.") from None
+        raise ConfigError(f"--dtype {spec!r} is not a known dtype; use auto, {', '.join(DTYPE_NAMES)}.") from None
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -140,14 +142,15 @@ class ModelSource:
     )
 
     def __post_init__(self):
+        check_fields(self)
         if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"model must be a non-empty string, got {self.model!r}.")
+            raise ConfigError(f"model must be a non-empty string, got {self.model!r}.")
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
-            raise ValueError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}.")
+            raise ConfigError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}.")
         if self.dtype != "auto" and not isinstance(self.dtype, torch.dtype) and self.dtype.lower() not in DTYPE_NAMES:
-            raise ValueError(f"--dtype {self.dtype!r} is not a known dtype; use auto, {', '.join(DTYPE_NAMES)}.")
+            raise ConfigError(f"--dtype {self.dtype!r} is not a known dtype; use auto, {', '.join(DTYPE_NAMES)}.")
 
     def source_fields(self) -> dict:
         """These fields alone (for building another job on the same model)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import ConfigError
 from .render import ALL_LABELS, COLOURS, PATTERNS, SHAPES, ShapeLabel
 
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
@@ -102,7 +103,7 @@ def get_concept(name: str) -> Concept:
     try:
         return CONCEPTS[name]
     except KeyError:
-        raise ValueError(f"Unknown ShapesWorld concept {name!r}; choose one of {sorted(CONCEPTS)}.") from None
+        raise ConfigError(f"Unknown ShapesWorld concept {name!r}; choose one of {sorted(CONCEPTS)}.") from None
 
 
 def article(phrase: str) -> str:

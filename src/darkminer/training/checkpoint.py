@@ -1,32 +1,101 @@
 """Run directories: the resolved config, a JSON-lines log, and atomically written `checkpoint-<n>/` folders.
 
 A run directory is the unit of resumption. Every file is written to a temporary name and renamed into place, and a
-checkpoint folder is assembled under `checkpoint-<n>.tmp/` and renamed only once complete, so a kill at any moment
-leaves either the previous state or the new one, never half of one.
+checkpoint folder is assembled under a hidden temporary name and renamed only once complete, so a kill at any moment
+leaves either the previous state or the new one, never half of one. One process writes a run directory at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import math
+import os
 import shutil
+import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import write_json
+from ..config import temp_name, write_json
 
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
+LOCK_NAME = ".lock"
+MANIFEST_NAME = "checkpoint.json"
 RUNTIME_KEY = "runtime"
 _PREFIX = "checkpoint-"
 
 
 class RunConflictError(ValueError):
     """The output directory holds a run made with a different config."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing to the run directory."""
+
+
+# Locks this process holds, by resolved path: one writer per run directory, re-entrant within a process.
+_HELD: dict[Path, tuple[int, int]] = {}
+
+
+def _acquire(directory: Path) -> None:
+    key = directory.resolve()
+    if key in _HELD:
+        fd, count = _HELD[key]
+        _HELD[key] = (fd, count + 1)
+        return
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
+        os.close(fd)
+        raise RunLockedError(
+            f"{directory} is in use by {holder}; wait for it to finish (or stop it), or pass another --output-dir."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)[:300]})".encode())
+    _HELD[key] = (fd, 1)
+
+
+@contextlib.contextmanager
+def locked_directory(directory: str | Path) -> Iterator[Path]:
+    """Create `directory` if needed and hold its writer lock for the duration of the block.
+
+    Raises:
+        `NotADirectoryError`: the path is a file.
+        [`RunLockedError`]: another process holds the lock (the message names it).
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"--output-dir {directory} is a file; pass a directory.")
+    directory.mkdir(parents=True, exist_ok=True)
+    _acquire(directory)
+    try:
+        yield directory
+    finally:
+        _release(directory)
+
+
+def _release(directory: Path) -> None:
+    key = directory.resolve()
+    if key not in _HELD:
+        return
+    fd, count = _HELD[key]
+    if count > 1:
+        _HELD[key] = (fd, count - 1)
+        return
+    del _HELD[key]
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def _jsonable(value: Any) -> Any:
@@ -36,7 +105,7 @@ def _jsonable(value: Any) -> Any:
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomic safetensors write."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_name(path)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
     tmp.replace(path)
 
@@ -46,7 +115,12 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 class RunDirectory:
-    """A run's directory.
+    """A run's directory, written by one process at a time.
+
+    The directory is locked (`.lock`, holding the writer's process id and command) for as long as the object lives;
+    a second process is refused with [`RunLockedError`]. Every checkpoint carries a manifest (`checkpoint.json`) with
+    the hash of the run's config and the size of each file: a checkpoint of another config is refused even when
+    `config.json` is gone, and a damaged latest checkpoint is skipped, with a warning, for the one before it.
 
     Args:
         path: the directory (created if absent).
@@ -67,22 +141,52 @@ class RunDirectory:
     ):
         self.path = Path(path)
         self.total_limit = total_limit
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"--output-dir {self.path} is a file; pass a directory.")
         self.path.mkdir(parents=True, exist_ok=True)
-        config = _jsonable(config)
-        if runtime is not None:
-            config[RUNTIME_KEY] = _jsonable(runtime)
-        existing = self.path / CONFIG_NAME
-        if existing.exists():
-            previous = json.loads(existing.read_text())
-            if _identity(previous) != _identity(config):
-                changed = sorted(_diff(_identity(previous), _identity(config)))
-                raise RunConflictError(
-                    f"{self.path} holds a run with a different config (differs in: {', '.join(changed[:8])}). "
-                    "Re-run the original command to resume it, or pass a new --output-dir to start fresh."
-                )
-        else:
-            write_json(existing, config)
+        _acquire(self.path)
+        self._locked = True
+        for leftover in self.path.glob(".*.tmp"):  # what a killed writer was assembling; we hold the lock now
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        try:
+            config = _jsonable(config)
+            if runtime is not None:
+                config[RUNTIME_KEY] = _jsonable(runtime)
+            self.config_hash = hashlib.sha256(json.dumps(_identity(config), sort_keys=True).encode()).hexdigest()[:16]
+            existing = self.path / CONFIG_NAME
+            if existing.exists():
+                try:
+                    previous = json.loads(existing.read_text())
+                except ValueError as err:
+                    raise RunConflictError(
+                        f"{existing} is not valid JSON ({err}); restore it, or pass a new --output-dir."
+                    ) from err
+                if _identity(previous) != _identity(config):
+                    changed = sorted(_diff(_identity(previous), _identity(config)))
+                    raise RunConflictError(
+                        f"{self.path} holds a run with a different config (differs in: {', '.join(changed[:8])}). "
+                        "Re-run the original command to resume it, or pass a new --output-dir to start fresh."
+                    )
+            else:
+                for _, checkpoint in self.checkpoints():
+                    self._manifest(checkpoint)  # refuses checkpoints of another config before config.json says ours
+                write_json(existing, config)
+        except BaseException:
+            self.close()
+            raise
         self.config = config
+
+    def close(self) -> None:
+        """Release the directory's lock (also done when the object is garbage-collected or the process ends)."""
+        if getattr(self, "_locked", False):
+            self._locked = False
+            _release(self.path)
+
+    def __del__(self) -> None:
+        self.close()
 
     # ---- log ------------------------------------------------------------------------------------------------
     def log(self, **record: Any) -> None:
@@ -100,7 +204,7 @@ class RunDirectory:
     def truncate_log(self, keep: callable) -> None:
         """Drop log records written after the last checkpoint (a resumed run recomputes them)."""
         records = [r for r in self.read_log() if keep(r)]
-        tmp = self.path / (LOG_NAME + ".tmp")
+        tmp = temp_name(self.path / LOG_NAME)
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         tmp.replace(self.path / LOG_NAME)
 
@@ -113,17 +217,46 @@ class RunDirectory:
                 out.append((int(suffix), p))
         return sorted(out)
 
+    def _manifest(self, checkpoint: Path) -> dict[str, Any] | None:
+        """The checkpoint's manifest if the checkpoint is whole; None if it is damaged.
+
+        Raises:
+            [`RunConflictError`]: the checkpoint was written by a run with another config.
+        """
+        try:
+            manifest = json.loads((checkpoint / MANIFEST_NAME).read_text())
+            sizes = manifest["files"]
+            whole = all((checkpoint / name).stat().st_size == size for name, size in sizes.items())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if manifest.get("config_hash") != self.config_hash:
+            raise RunConflictError(
+                f"{checkpoint} was written by a run with another config (hash {manifest.get('config_hash')}, this "
+                f"run's {self.config_hash}); re-run the command that made it, or pass a new --output-dir."
+            )
+        return manifest if whole else None
+
     def latest(self) -> tuple[int, Path] | None:
-        ckpts = self.checkpoints()
-        return ckpts[-1] if ckpts else None
+        """The newest whole checkpoint; a damaged newer one is skipped with a warning."""
+        for step, checkpoint in reversed(self.checkpoints()):
+            if self._manifest(checkpoint) is not None:
+                return step, checkpoint
+            warnings.warn(
+                f"{checkpoint} is damaged (a file is missing or truncated, or it has no manifest); resuming from the "
+                "checkpoint before it.",
+                stacklevel=2,
+            )
+        return None
 
     def save_checkpoint(self, step: int, write_fn) -> Path:
-        """Assemble `checkpoint-<step>` by calling `write_fn(tmp_dir)`, then rename it into place atomically."""
+        """Assemble `checkpoint-<step>` by calling `write_fn(tmp_dir)`, add its manifest, then rename it into place
+        atomically."""
         final = self.path / f"{_PREFIX}{step}"
-        tmp = self.path / f"{_PREFIX}{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = temp_name(final)
         tmp.mkdir(parents=True)
         write_fn(tmp)
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        write_json(tmp / MANIFEST_NAME, {"config_hash": self.config_hash, "step": step, "files": files})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         if self.total_limit is not None:
@@ -160,7 +293,9 @@ def check_finite(stage: str, step: int, terms: dict[str, torch.Tensor], run: Run
         where = f"the last good checkpoint is {latest[1]}" if latest else "no checkpoint was written yet"
         # Summed so that a per-sample (vector) term still formats; for the usual scalar terms this is the value.
         values = ", ".join(f"{k}={float(v.detach().float().sum()):.4g}" for k, v in terms.items())
+        directory = f" of {run.path}" if run is not None else ""
         raise NonFiniteLossError(
-            f"{stage}: non-finite loss at step {step} ({values}); {where}. Lower the learning rate or the "
-            "gradient-clipping norm and re-run the same command to resume from it."
+            f"{stage}: non-finite loss at step {step} ({values}); {where}. Re-running the same command would reach "
+            f"the same step again: run it with a lower learning rate (or gradient-clipping norm) and a new "
+            f"--output-dir; the checkpoints{directory} are kept."
         )

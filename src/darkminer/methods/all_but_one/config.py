@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import check_fields
+
 
 @dataclass
 class AllButOneConfig:
@@ -27,10 +29,11 @@ class AllButOneConfig:
     unconditional_weight: float = field(default=1.0, metadata={"help": "lambda: weight of the unconditional term."})
     seed: int = field(default=0, metadata={"help": "Seeds every draw; step n uses a generator seeded from (seed, n)."})
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the target images."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance for the target images."})
+    guidance_scale: float = field(default=7.5, metadata={"min": 0, "help": "Guidance for the target images."})
     checkpoint_every: int = field(default=100, metadata={"help": "Steps between checkpoints."})
 
     def __post_init__(self):
+        check_fields(self)
         for name in (
             "rank",
             "alpha",

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ...config import ConfigError
 from ...models import DiffusionModel, disable_lora, modules_ending_with
 from ...training.checkpoint import RunDirectory, check_finite
 from ...training.lora_run import original_latents, save_final_adapter, save_step_checkpoint, start_or_resume_lora
@@ -55,7 +56,7 @@ class AllButOne:
             ValueError: no alternative was given.
         """
         if not request.alternative:
-            raise ValueError("All but One needs the concept to turn the target into: pass --alternative TEXT.")
+            raise ConfigError("All but One needs the concept to turn the target into: pass --alternative TEXT.")
         cfg = self.config
         concepts = list(request.concepts)
         run = RunDirectory(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import check_fields
+
 
 @dataclass
 class CaConfig:
@@ -53,11 +55,14 @@ class CaConfig:
         metadata={"help": "Weight of the standard diffusion loss on (anchor image, anchor prompt) pairs (paper: 1)."},
     )
     generate_steps: int = field(default=50, metadata={"help": "DDIM steps for the anchor images."})
-    guidance_scale: float = field(default=6.0, metadata={"help": "Guidance for the anchor images (paper's code: 6)."})
+    guidance_scale: float = field(
+        default=6.0, metadata={"min": 0, "help": "Guidance for the anchor images (paper's code: 6)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seeds every draw; step n uses a generator seeded from (seed, n)."})
     checkpoint_every: int = field(default=50, metadata={"help": "Steps between checkpoints."})
 
     def __post_init__(self):
+        check_fields(self)
         for name in ("rank", "alpha", "images", "steps", "batch_size", "lr", "grad_clip", "generate_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ca.{name} must be > 0, got {getattr(self, name)!r}.")

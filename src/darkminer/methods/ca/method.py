@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ...config import ConfigError
 from ...models import DiffusionModel, modules_ending_with
 from ...training.checkpoint import RunDirectory, check_finite
 from ...training.lora_run import original_latents, save_final_adapter, save_step_checkpoint, start_or_resume_lora
@@ -74,9 +75,9 @@ class ConceptAblation:
         cfg = self.config
         anchor = cfg.anchor or request.alternative
         if not anchor:
-            raise ValueError("CA needs an anchor concept to ablate to: set anchor=WORD (e.g. anchor=circle).")
+            raise ConfigError("CA needs an anchor concept to ablate to: set anchor=WORD (e.g. anchor=circle).")
         if cfg.anchor and request.alternative and request.alternative != cfg.anchor:
-            raise ValueError(f"CA got two anchors: anchor={cfg.anchor!r} and --alternative {request.alternative!r}.")
+            raise ConfigError(f"CA got two anchors: anchor={cfg.anchor!r} and --alternative {request.alternative!r}.")
         concepts = list(request.concepts)
         run = RunDirectory(
             output_dir,

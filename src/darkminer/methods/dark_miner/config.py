@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import string_list
+from ...config import check_fields, string_list
 
 _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
@@ -49,6 +49,7 @@ class PoolConfig:
     image_dir: str | None = field(default=None, metadata={"help": "Use these images instead of generated ones."})
 
     def __post_init__(self):
+        check_fields(self, "pool.")
         _check_positive("pool", size=self.size)
         _check_choice("pool", "source", self.source, _POOL_SOURCES)
         if self.image_dir is not None and self.source != "prompt":
@@ -86,12 +87,13 @@ class MiningConfig:
     images_per_loop: int = field(default=3, metadata={"help": "k: pool images drawn per mining stage (App. A)."})
     steps: int = field(default=1000, metadata={"help": "Optimisation steps per loop (App. A)."})
     lr: float = field(default=0.1, metadata={"help": "Learning rate (App. A)."})
-    lr_decay_step: int = field(default=500, metadata={"help": "Step at which lr is multiplied by lr_decay."})
+    lr_decay_step: int = field(default=500, metadata={"min": 0, "help": "Step at which lr is multiplied by lr_decay."})
     lr_decay: float = field(default=0.1, metadata={"help": "Factor applied at lr_decay_step (0.1 -> 0.01)."})
     optimizer: str = field(default="adam", metadata={"help": "'adam' (A4: as textual inversion) or 'sgd'."})
     grad_clip: float = field(default=10.0, metadata={"help": "Gradient-norm clip (App. A)."})
 
     def __post_init__(self):
+        check_fields(self, "mining.")
         _check_choice("mining", "embedding_space", self.embedding_space, _SPACES)
         _check_choice("mining", "init", self.init, _INITS)
         _check_choice("mining", "optimizer", self.optimizer, _OPTIMIZERS)
@@ -127,9 +129,10 @@ class VerifyConfig:
     )
     anchor: str = field(default="a photo", metadata={"help": "Reference prompt of x_r (§3.2.2)."})
     steps: int = field(default=25, metadata={"help": "DDIM steps for x_c and x_r."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance scale for x_c and x_r."})
+    guidance_scale: float = field(default=7.5, metadata={"min": 0, "help": "Guidance scale for x_c and x_r."})
 
     def __post_init__(self):
+        check_fields(self, "verify.")
         _check_choice("verify", "score", self.score, _SCORES)
         if self.score == "cosine" and not -1.0 <= self.tau <= 1.0:
             raise ValueError(f"verify.tau is a cosine threshold in [-1, 1] for score='cosine', got {self.tau}.")
@@ -144,7 +147,7 @@ class CircumventConfig:
     batch_size: int = field(default=1, metadata={"help": "Images per step (App. A: 1)."})
     optimizer: str = field(default="sgd", metadata={"help": "'sgd' (App. A) or 'adam'."})
     lr: float = field(default=0.01, metadata={"help": "Learning rate (App. A)."})
-    lr_decay_step: int = field(default=800, metadata={"help": "Step at which lr is multiplied by lr_decay."})
+    lr_decay_step: int = field(default=800, metadata={"min": 0, "help": "Step at which lr is multiplied by lr_decay."})
     lr_decay: float = field(default=0.1, metadata={"help": "Factor applied at lr_decay_step (0.01 -> 0.001)."})
     grad_clip: float = field(default=100.0, metadata={"help": "Gradient-norm clip (App. A)."})
     alpha_c: float = field(default=1.0, metadata={"help": "Weight of l_c (Eq. 7)."})
@@ -192,6 +195,7 @@ class CircumventConfig:
     )
 
     def __post_init__(self):
+        check_fields(self, "circumvent.")
         _check_choice("circumvent", "optimizer", self.optimizer, _OPTIMIZERS)
         _check_choice("circumvent", "images_from", self.images_from, _IMAGE_MODELS)
         _check_positive(
@@ -230,6 +234,7 @@ class LoraSettings:
     )
 
     def __post_init__(self):
+        check_fields(self, "lora.")
         _check_choice("lora", "targets", self.targets, _TARGETS)
         _check_positive("lora", rank=self.rank, alpha=self.alpha)
 
@@ -252,10 +257,13 @@ class DarkMinerConfig:
         },
     )
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the pool and circumventing images."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance for the pool and circumventing images."})
+    guidance_scale: float = field(
+        default=7.5, metadata={"min": 0, "help": "Guidance for the pool and circumventing images."}
+    )
     checkpoint_limit: int = field(default=2, metadata={"help": "Checkpoints kept in the run directory."})
 
     def __post_init__(self):
+        check_fields(self)
         _check_positive(
             "dark_miner",
             max_loops=self.max_loops,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import check_fields
+
 TRAIN_METHODS = ("xattn", "noxattn", "xattn-strict", "xattn-keys")
 
 
@@ -55,12 +57,13 @@ class EsdConfig:
         default=50, metadata={"help": "DDIM steps of the trajectory x_t is taken from (paper: 50)."}
     )
     guidance_scale: float = field(
-        default=3.0, metadata={"help": "Classifier-free guidance of that trajectory (the paper's code: 3)."}
+        default=3.0, metadata={"min": 0, "help": "Classifier-free guidance of that trajectory (the paper's code: 3)."}
     )
     seed: int = field(default=0, metadata={"help": "Seeds every draw; step n uses a generator seeded from (seed, n)."})
     checkpoint_every: int = field(default=100, metadata={"help": "Steps between checkpoints."})
 
     def __post_init__(self):
+        check_fields(self)
         if self.train_method not in TRAIN_METHODS:
             raise ValueError(f"esd.train_method={self.train_method!r} is not one of {TRAIN_METHODS}.")
         for name in ("steps", "batch_size", "lr", "grad_clip", "rank", "alpha", "ddim_steps", "checkpoint_every"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import check_fields
+
 
 @dataclass
 class FMNConfig:
@@ -45,10 +47,11 @@ class FMNConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip (paper: 1)."})
     seed: int = field(default=0, metadata={"help": "Seeds every draw; step n uses a generator seeded from (seed, n)."})
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the concept images."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance for the concept images."})
+    guidance_scale: float = field(default=7.5, metadata={"min": 0, "help": "Guidance for the concept images."})
     checkpoint_every: int = field(default=50, metadata={"help": "Steps between checkpoints."})
 
     def __post_init__(self):
+        check_fields(self)
         for name in (
             "rank",
             "alpha",

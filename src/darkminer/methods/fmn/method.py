@@ -31,6 +31,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from tqdm.auto import tqdm
 
+from ...config import ConfigError
 from ...models import DiffusionModel, modules_ending_with
 from ...training.checkpoint import RunDirectory, check_finite
 from ...training.lora_run import original_latents, save_final_adapter, save_step_checkpoint, start_or_resume_lora
@@ -146,7 +147,7 @@ def concept_mask(model: DiffusionModel, prompts: list[str], concept: str, use_po
             if sequence[start : start + len(word)] == word:
                 mask[row, start : start + len(word)] = True
         if not mask[row].any():
-            raise ValueError(f"The prompt {prompts[row]!r} does not contain the tokens of {concept!r}.")
+            raise ConfigError(f"The prompt {prompts[row]!r} does not contain the tokens of {concept!r}.")
     if use_pooler:
         mask |= ids == model.tokenizer.eos_token_id
     return mask
@@ -167,7 +168,9 @@ class FMN:
             templates = prompt_templates(model, concept, self.config.prompt_file)
             named = [t for t in templates if CONCEPT_MARK in t]
             if not named:
-                raise ValueError(f"No prompt names the concept {concept!r}; write it (or {{concept}}) in the prompts.")
+                raise ConfigError(
+                    f"No prompt names the concept {concept!r}; write it (or {{concept}}) in the prompts."
+                )
             if len(named) < len(templates):
                 warnings.warn(
                     f"FMN skips {len(templates) - len(named)} of {len(templates)} prompts that do not name "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import check_fields
+
 
 @dataclass
 class SalUnConfig:
@@ -60,11 +62,12 @@ class SalUnConfig:
     alpha: float = field(default=0.5, metadata={"help": "Weight of the retain loss on D_r (the authors' --alpha)."})
     seed: int = field(default=0, metadata={"help": "Seeds every draw; step n uses a generator seeded from (seed, n)."})
     generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the images of D_f and D_r."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Guidance for the images of D_f and D_r."})
+    guidance_scale: float = field(default=7.5, metadata={"min": 0, "help": "Guidance for the images of D_f and D_r."})
     generate_batch_size: int = field(default=32, metadata={"help": "Images per generation call."})
     checkpoint_every: int = field(default=100, metadata={"help": "Steps between checkpoints."})
 
     def __post_init__(self):
+        check_fields(self)
         for name in (
             "images",
             "retain_images",

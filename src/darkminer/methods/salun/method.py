@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ...config import write_json
+from ...config import ConfigError, write_json
 from ...models import DiffusionModel, add_lora_from_deltas, save_lora
 from ...models.adapters import ERASURE_CONFIG_NAME
 from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
@@ -69,7 +69,7 @@ def salun_target_modules(unet: nn.Module, suffixes: list[str]) -> list[str]:
     """
     names = [n for n, m in unet.named_modules() if isinstance(m, nn.Linear) and n.endswith(tuple(suffixes))]
     if not names:
-        raise ValueError(f"No Linear layer of the UNet ends with any of {suffixes}; e.g. 'to_v' or 'attn2.to_k'.")
+        raise ConfigError(f"No Linear layer of the UNet ends with any of {suffixes}; e.g. 'to_v' or 'attn2.to_k'.")
     return names
 
 
@@ -102,13 +102,13 @@ def denoising_prompts(
         elif shapesworld:
             labels = [v for v in _other_values(concept) if v not in concepts]
         else:
-            raise ValueError(
+            raise ConfigError(
                 "SalUn needs other concepts to relabel the concept's images with: pass random_labels=[...], e.g. "
                 "random_labels=[person] for nudity."
             )
         erased = sorted(set(labels) & set(concepts))
         if erased or not labels:
-            raise ValueError(f"salun.random_labels must name concepts other than the erased ones, got {labels}.")
+            raise ConfigError(f"salun.random_labels must name concepts other than the erased ones, got {labels}.")
         labels_of[concept] = labels
         templates = (
             prompt_templates(model, concept, config.prompt_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import check_fields
 from ...models.safe_guidance import SLD_PRESETS, SafeGuidance
 
 
@@ -30,6 +31,7 @@ class SLDConfig:
     sld_mom_beta: float | None = field(default=None, metadata={"help": "beta_m (Eq. 8); None: the preset's."})
 
     def __post_init__(self):
+        check_fields(self)
         if self.safety_concept is not None and not self.safety_concept.strip():
             raise ValueError("sld.safety_concept is empty; give a text, or leave it unset to use the concepts.")
         self.settings(["placeholder"])  # validates the preset name and the overridden values

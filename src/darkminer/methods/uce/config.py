@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import check_fields
+
 
 @dataclass
 class UCEConfig:
@@ -49,6 +51,7 @@ class UCEConfig:
     )
 
     def __post_init__(self):
+        check_fields(self)
         self.guide = self.guide or ""  # `guide=` on the command line parses as null
         if self.erase_scale <= 0:
             raise ValueError(f"uce.erase_scale must be > 0, got {self.erase_scale!r}.")

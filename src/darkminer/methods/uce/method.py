@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ...config import write_json
+from ...config import ConfigError, write_json
 from ...models import DiffusionModel, add_lora_from_deltas, load_lora, save_lora
 from ...models.adapters import ERASURE_CONFIG_NAME
 from ...models.lora import has_lora
@@ -88,7 +88,7 @@ def edit_pairs(
     guide_end = _token_count(model, (prefix + guide).rstrip())
     length = model.max_length - max(concept_end, guide_end)
     if length < 1:
-        raise ValueError(
+        raise ConfigError(
             f"'{fill(template, concept)}' puts the concept beyond max_length={model.max_length} tokens; shorten it."
         )
     with torch.no_grad():
@@ -144,7 +144,7 @@ class UCE:
             load_lora(model, run.path)
             return ErasureResult(run.path, run.read_log(), {"preserved": preserved})
         if has_lora(model.unet):
-            raise ValueError("UCE edits the base weights; merge or remove the UNet's adapter first (merge_lora).")
+            raise ConfigError("UCE edits the base weights; merge or remove the UNet's adapter first (merge_lora).")
 
         # The sets E (erased keys with the guide's keys paired) and P (preserved keys), as rows.
         erased, guides, kept = [], [], []
@@ -152,7 +152,7 @@ class UCE:
             templates = prompt_templates(model, concept, cfg.prompt_file)
             pairs = [edit_pairs(model, t, concept, cfg.guide) for t in templates]
             if all(p is None for p in pairs):
-                raise ValueError(f"No text names the concept {concept!r}; write it (or {{concept}}) in the prompts.")
+                raise ConfigError(f"No text names the concept {concept!r}; write it (or {{concept}}) in the prompts.")
             if None in pairs:
                 warnings.warn(
                     f"UCE skips {pairs.count(None)} of {len(pairs)} texts that do not name {concept!r}: it edits the "
