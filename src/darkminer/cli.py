@@ -343,6 +343,42 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _add_speed(sub) -> None:
+    p = sub.add_parser("speed", help="Time Dark Miner's stages against the bare model passes they need.")
+    p.add_argument(
+        "--architecture",
+        default="tiny",
+        help="Random-weight model built in memory: tiny (default), sd14 or sd21; ignored with --model.",
+    )
+    p.add_argument("--model", help="Measure this model instead (" + _MODEL_HELP + ")")
+    p.add_argument("--model-config", type=Path, help="For a single-file --model: its diffusers config directory.")
+    _add_model_flags(p, model=False)
+    p.add_argument("--steps", type=int, nargs=2, default=[10, 40], help="The two step counts each stage is timed at.")
+    p.add_argument("--repeats", type=int, default=5, help="Timings per figure; the fastest is kept (default 5).")
+    p.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
+    p.set_defaults(func=_run_speed)
+
+
+def _run_speed(args) -> int:
+    from .config import write_json
+    from .speed import SpeedConfig, format_speed, measure_speed
+
+    source = _source(args)
+    source["model"] = args.model or "shapesworld"
+    config = SpeedConfig(
+        **source,
+        architecture=None if args.model else args.architecture,
+        steps=tuple(args.steps),
+        repeats=args.repeats,
+    )
+    figures = measure_speed(config)
+    print(format_speed(figures))
+    if args.json:
+        write_json(args.json, figures)
+        print(f"Figures: {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darkminer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -352,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_methods(sub)
     _add_evaluate(sub)
     _add_bench(sub)
+    _add_speed(sub)
     _add_toy(sub)
     return parser
 

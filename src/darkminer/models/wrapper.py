@@ -119,15 +119,20 @@ class DiffusionModel:
             modules["clip"] = self.clip
         return modules
 
+    def _base_weight(self) -> torch.Tensor:
+        # The first base (non-LoRA) parameter. diffusers' `unet.device` / `unet.dtype` walk every module, which costs
+        # more than a tiny model's whole UNet step; the first parameter (conv_in's) answers the same question.
+        return next(p for name, p in self.unet.named_parameters() if "lora_" not in name)
+
     @property
     def device(self) -> torch.device:
         """Device of the UNet (all modules are kept on one device)."""
-        return self.unet.device
+        return self._base_weight().device
 
     @property
     def dtype(self) -> torch.dtype:
         """Floating-point dtype of the UNet's base weights."""
-        return self.unet.dtype
+        return self._base_weight().dtype
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
         """Move every module to `device` and/or cast it to `dtype`, in place.

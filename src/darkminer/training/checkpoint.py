@@ -299,3 +299,46 @@ def check_finite(stage: str, step: int, terms: dict[str, torch.Tensor], run: Run
             f"the same step again: run it with a lower learning rate (or gradient-clipping norm) and a new "
             f"--output-dir; the checkpoints{directory} are kept."
         )
+
+
+class LossRecorder:
+    """Per-step loss terms kept where they were computed and read every `every` steps.
+
+    Reading a GPU tensor (`.item()`, a finiteness check) makes the host wait for the device at every step; recording
+    the terms and reading them in blocks keeps the device busy. A non-finite term is reported with the step it first
+    appeared at, as [`check_finite`] would have at that step.
+
+    Args:
+        stage: the stage named in errors (e.g. "mining").
+        run: the run directory named in errors, or None.
+        every: steps between reads.
+    """
+
+    def __init__(self, stage: str, run: RunDirectory | None, every: int = 50):
+        self.stage, self.run, self.every = stage, run, every
+        self.history: dict[str, list[float]] = {}
+        self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def add(self, step: int, **terms: torch.Tensor) -> None:
+        """Record step `step`'s terms; read the block when it is full."""
+        self._pending.append((step, {k: v.detach() for k, v in terms.items()}))
+        if len(self._pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> dict[str, list[float]]:
+        """Read every recorded term, check that each is finite, and return the history of every term so far.
+
+        Raises:
+            [`NonFiniteLossError`]: a term is NaN or inf (the message names its first step).
+        """
+        if self._pending:
+            names = list(self._pending[0][1])
+            stacked = {name: torch.stack([terms[name] for _, terms in self._pending]).float() for name in names}
+            finite = torch.stack([torch.isfinite(v) for v in stacked.values()]).all(0)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0])
+                check_finite(self.stage, self._pending[row][0], self._pending[row][1], self.run)
+            for name, values in stacked.items():
+                self.history.setdefault(name, []).extend(values.tolist())
+            self._pending = []
+        return self.history

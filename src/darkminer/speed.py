@@ -1,0 +1,248 @@
+"""`darkminer speed`: how fast Dark Miner's stages run on this machine, against the bare model passes they need.
+
+Each stage is timed as Dark Miner runs it (its own `_mine`, `_circumvent` and `_verify`, on the paper's settings of
+App. A except the step counts), at two step counts whose difference gives the seconds per step without the set-up.
+The floor is the model passes a step needs, and nothing else, timed the same way: for a mining step the text encoder
+on c (in token space, A1) and one UNet forward and backward at batch k (Eq. 5); for a circumventing step one UNet
+forward without gradient for the frozen targets and one forward and backward with the adapters (Eq. 7-8); for
+sampling the guided UNet calls of DDIM. Their ratio is what the implementation adds around the model. Achieved
+TFLOP/s come from torch's FLOP counter on one step. The projection multiplies the per-step figures out to a
+paper-setting run: `loops` loops of 1000 mining and 1000 circumventing steps, one verification each, and the pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import ConfigError
+from .methods.dark_miner.config import DarkMinerConfig
+from .methods.dark_miner.method import DarkMiner, MinedEmbedding
+from .models import DiffusionModel, add_lora, attention_value_modules, disable_lora
+from .models.runtime import ModelSource, resolve_device, resolve_dtype
+from .testing import random_model
+
+ARCHITECTURES = ("tiny", "sd14", "sd21")
+
+
+@dataclass(kw_only=True)
+class SpeedConfig(ModelSource):
+    """What `darkminer speed` measures: a random-weight `architecture`, or the model of the [`ModelSource`] fields."""
+
+    architecture: str | None = field(
+        default="tiny",
+        metadata={"help": "Random-weight model built in memory: tiny, sd14 or sd21 (None: load `model`)."},
+    )
+    steps: tuple[int, int] = field(
+        default=(10, 40), metadata={"help": "The two step counts each stage is timed at; their difference is used."}
+    )
+    repeats: int = field(
+        default=5, metadata={"min": 1, "help": "Timings per figure; the fastest is kept (others were interrupted)."}
+    )
+    sampling_steps: int = field(default=25, metadata={"min": 1, "help": "DDIM steps of sampling and verification."})
+    sampling_images: int = field(default=4, metadata={"min": 1, "help": "Images sampled to time sampling."})
+    loops: int = field(default=48, metadata={"min": 1, "help": "Loops of the projected run (the paper's nudity: 48)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.architecture is not None and self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"--architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}.")
+        low, high = self.steps
+        if not 1 <= low < high:
+            raise ConfigError(f"steps={self.steps!r} must be two step counts, 1 <= first < second.")
+
+
+def _seconds(run: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _per_step_pair(timed, floor, steps: tuple[int, int], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Seconds per step of `timed(n)` and of `floor(n)`, each from its times at two step counts (after a warm-up).
+
+    The two are timed in turn, `repeats` times, and the fastest time of each is kept: on a shared machine a slower one
+    was interrupted, and taking turns exposes both to the same conditions.
+    """
+    timed(1)
+    floor(1)
+    low, high = steps
+    best = {}
+    for _ in range(repeats):
+        for name, run in (("timed", timed), ("floor", floor)):
+            for n in (low, high):
+                seconds = _seconds(lambda run=run, n=n: run(n), device)
+                best[name, n] = min(best.get((name, n), seconds), seconds)
+    return tuple((best[name, high] - best[name, low]) / (high - low) for name in ("timed", "floor"))
+
+
+def _flops(run: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def _load(config: SpeedConfig) -> DiffusionModel:
+    if config.architecture is None:
+        return config.load()
+    device = resolve_device(config.device)
+    model = random_model(config.architecture).to(device=device, dtype=resolve_dtype(config.dtype, device))
+    model.batch_size = config.batch_size
+    return model
+
+
+def measure_speed(config: SpeedConfig) -> dict:
+    """Time Dark Miner's stages and their UNet floors on one model; returns the figures `darkminer speed` prints.
+
+    Returns:
+        `dict` with the model, device and dtype, and per stage (`mining`, `circumventing`, `sampling` per image, and
+        `verification` when the model has a CLIP) the seconds per step, the floor, their ratio and TFLOP/s; and
+        `projected_hours`, the paper-setting run at these speeds.
+    """
+    model = _load(config)
+    device = model.device
+    paper = DarkMinerConfig()  # App. A; L=16 tokens, fewer where the model's prompts are shorter (tiny)
+    paper.mining = dataclasses.replace(paper.mining, length=min(paper.mining.length, model.max_length - 2))
+    miner = DarkMiner(paper)
+    k, b = paper.mining.images_per_loop, paper.circumvent.batch_size
+    generator = torch.Generator().manual_seed(0)
+    pool_latents = torch.randn(paper.pool.size, *model.latent_shape, generator=generator)
+    figures: dict = {"model": model.name, **model.runtime(), "steps": list(config.steps)}
+
+    # ---- mining (Eq. 5): Dark Miner's own stage, against one UNet forward+backward at batch k per step
+    def mine(n: int):
+        miner.config = dataclasses.replace(paper, mining=dataclasses.replace(paper.mining, steps=n))
+        return miner._mine(model, "nudity", pool_latents, generator, None, 0)
+
+    start = miner._initial_embedding(model, "nudity", generator).to(device)
+    x_t = torch.randn(k, *model.latent_shape, generator=generator).to(device, model.dtype)
+    t = torch.full((k,), 500, device=device)
+
+    def mining_floor(n: int):
+        for _ in range(n):  # c through the frozen text encoder (token space, A1), then the UNet, and back
+            cond = miner._condition(model, start.clone().requires_grad_(True)).expand(k, -1, -1)
+            model.predict_noise(x_t, t, cond).float().square().mean().backward()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        add_lora(model.unet, attention_value_modules(model.unet, paper.lora.targets), rank=paper.lora.rank)
+    figures["mining"] = _stage(mine, mining_floor, lambda: mine(1), config, device, "mining step (batch k=3)")
+
+    # ---- circumventing (Eq. 7-8): Dark Miner's own stage, against its two UNet calls per step
+    embedding = miner._initial_embedding(model, "nudity", generator).to(device)
+    latents = torch.randn(paper.circumvent.images_per_embedding, *model.latent_shape, generator=generator)
+    pool = [MinedEmbedding("nudity", 0, embedding.cpu(), latents)]
+    terms = 1 + len(paper.circumvent.preserve)  # c, then each preserved condition
+
+    def circumvent(n: int):
+        miner.config = dataclasses.replace(paper, circumvent=dataclasses.replace(paper.circumvent, steps=n))
+        return miner._circumvent(model, pool, generator, None, 0)
+
+    params = [p for name, p in model.unet.named_parameters() if "lora_" in name]
+    x_c = torch.randn(terms * b, *model.latent_shape, generator=generator).to(device, model.dtype)
+    t_c = torch.full((terms * b,), 500, device=device)
+    cond_c = model.encode_prompt("a photo").repeat(terms * b, 1, 1).detach()  # concatenated, as the step's is
+
+    def circumventing_floor(n: int):
+        for p in params:
+            p.requires_grad_(True)
+        for _ in range(n):
+            with torch.no_grad(), disable_lora(model.unet):
+                model.predict_noise(x_c[: (terms - 1) * b], t_c[: (terms - 1) * b], cond_c[: (terms - 1) * b])
+            model.predict_noise(x_c, t_c, cond_c).float().square().mean().backward()
+
+    figures["circumventing"] = _stage(
+        circumvent, circumventing_floor, lambda: circumvent(1), config, device, "circumventing step (batch 1)"
+    )
+
+    # ---- sampling, per image, against the bare guided UNet calls of DDIM
+    n_img, steps = config.sampling_images, config.sampling_steps
+
+    def sample():
+        with torch.no_grad():
+            model.generate(["a photo"] * n_img, num_inference_steps=steps)
+
+    sample_x = torch.randn(2 * n_img, *model.latent_shape, generator=generator).to(device, model.dtype)
+    sample_cond = model.encode_prompt("a photo").expand(2 * n_img, -1, -1).detach()
+
+    def sampling_floor():
+        with torch.no_grad():
+            for _ in range(steps):
+                model.predict_noise(sample_x, torch.full((2 * n_img,), 500, device=device), sample_cond)
+
+    sample()
+    seconds = min(_seconds(sample, device) for _ in range(config.repeats)) / n_img
+    floor = min(_seconds(sampling_floor, device) for _ in range(config.repeats)) / n_img
+    figures["sampling"] = {
+        "what": f"one image, {steps} DDIM steps with guidance",
+        "seconds": seconds,
+        "floor_seconds": floor,
+        "ratio": seconds / floor,
+        "tflops": _flops(sample) / n_img / seconds / 1e12,
+    }
+
+    # ---- verification (Eq. 6): x_c and x_r pairs, and CLIP features, once per loop
+    if model.clip is not None:
+        pool_images = torch.rand(paper.pool.size, 3, model.vae.config.sample_size, model.vae.config.sample_size)
+        miner.config = paper
+        picks = torch.arange(k)
+        verify = lambda: miner._verify(model, embedding, pool_images, picks, generator)  # noqa: E731
+        verify()
+        figures["verification"] = {"what": "one verification (4 pairs)", "seconds": _seconds(verify, device)}
+
+    per_loop = (
+        paper.mining.steps * figures["mining"]["seconds"]
+        + paper.circumvent.steps * figures["circumventing"]["seconds"]
+        + figures.get("verification", {}).get("seconds", 2 * paper.verify.pairs * seconds)
+        + paper.circumvent.images_per_embedding * seconds
+    )
+    figures["projected_hours"] = (config.loops * per_loop + paper.pool.size * seconds) / 3600
+    figures["projection"] = (
+        f"{config.loops} loops x ({paper.mining.steps} mining + {paper.circumvent.steps} circumventing steps, one "
+        f"verification, {paper.circumvent.images_per_embedding} images) + a pool of {paper.pool.size} images"
+    )
+    return figures
+
+
+def _stage(timed, floor, one_step, config: SpeedConfig, device, what: str) -> dict:
+    seconds, floor_seconds = _per_step_pair(timed, floor, config.steps, device, config.repeats)
+    return {
+        "what": what,
+        "seconds": seconds,
+        "floor_seconds": floor_seconds,
+        "ratio": seconds / floor_seconds,
+        "tflops": _flops(one_step) / seconds / 1e12,
+    }
+
+
+def format_speed(figures: dict) -> str:
+    """The figures as the table `darkminer speed` prints."""
+    lines = [
+        f"model {figures['model']}, device {figures['device']}, dtype {figures['dtype']}; per-step times from "
+        f"{figures['steps'][0]} and {figures['steps'][1]} steps, differenced",
+        "",
+        f"| {'stage':38} | s / step | floor s | ratio | TFLOP/s |",
+        f"|{'-' * 40}|----------|---------|-------|---------|",
+    ]
+    for stage in ("mining", "circumventing", "sampling"):
+        row = figures[stage]
+        lines.append(
+            f"| {row['what']:38} | {row['seconds']:8.4f} | {row['floor_seconds']:7.4f} | {row['ratio']:5.2f} | "
+            f"{row['tflops']:7.3f} |"
+        )
+    if "verification" in figures:
+        lines.append(f"| {figures['verification']['what']:38} | {figures['verification']['seconds']:8.4f} |")
+    lines += ["", f"projected paper-setting run: {figures['projected_hours']:.2f} h ({figures['projection']})"]
+    return "\n".join(lines)
+
+
+__all__ = ["ARCHITECTURES", "SpeedConfig", "format_speed", "measure_speed"]

@@ -1,0 +1,37 @@
+"""`darkminer speed` on the tiny architecture: every stage timed against its floor, written as JSON. The figures
+themselves are a benchmark's to print (docs/performance.md), not a unit test's to assert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from darkminer.cli import main
+from darkminer.config import ConfigError
+from darkminer.speed import SpeedConfig
+
+
+def test_speed_writes_every_stage_with_its_floor(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "speed.json"
+    argv = ["speed", "--architecture", "tiny", "--device", "cpu", "--steps", "1", "3", "--repeats", "1"]
+    assert main([*argv, "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["device"] == "cpu" and figures["dtype"] == "float32"
+    for stage in ("mining", "circumventing", "sampling"):
+        row = figures[stage]
+        assert row["seconds"] > 0 and row["floor_seconds"] > 0 and row["tflops"] > 0
+        assert row["ratio"] == pytest.approx(row["seconds"] / row["floor_seconds"])
+    assert figures["verification"]["seconds"] > 0 and figures["projected_hours"] > 0
+    printed = capsys.readouterr().out
+    assert "mining step" in printed and "projected paper-setting run" in printed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"architecture": "sd3"}, "--architecture 'sd3'"), ({"steps": (5, 5)}, "first < second")],
+)
+def test_speed_config_is_checked(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SpeedConfig(**overrides)
