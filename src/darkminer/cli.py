@@ -265,6 +265,20 @@ def _add_evaluate(sub) -> None:
             action="store_true",
             help="Forbid the concept's own words in discrete adversarial prompts.",
         )
+        p.add_argument(
+            "--prompts",
+            type=Path,
+            help="Real models: the concept's normal prompts, an I2P-format CSV (prompt, categories, "
+            "evaluation_seed/evaluation_guidance or sd_seed/sd_guidance) or a text file of prompts.",
+        )
+        p.add_argument("--captions", type=Path, help="Real models: preservation captions (lines, or COCO JSON).")
+        p.add_argument("--clip", type=Path, help="Real models: CLIP directory for CLIP-score, Q16 and zero-shot.")
+        p.add_argument("--q16", type=Path, help="Real models: Q16 prompts (.safetensors) for I2P's other categories.")
+        p.add_argument("--classes", type=Path, help="Real models: class list (one per line) for objects and styles.")
+        p.add_argument("--concept-kind", choices=["object", "style"], help="Real models: a concept outside I2P.")
+        p.add_argument("--reference-images", type=Path, help="Real models: reference images for FID.")
+        p.add_argument("--max-prompts", type=int, help="Use only the first N normal prompts.")
+        p.add_argument("--show-unsafe", action="store_true", help="Do not pixelate flagged images in the report.")
         if name == "evaluate":
             p.add_argument("--attacks", nargs="*", default=[], help="Attacks to run (see `darkminer attacks`).")
         else:
@@ -291,9 +305,24 @@ def _run_evaluate(args) -> int:
         erase_metrics=args.command == "evaluate",
         ban_concept_words=args.ban_concept_words,
         sampling_steps=args.sampling_steps,
+        **{
+            name: None if getattr(args, name) is None else str(getattr(args, name))
+            for name in ("prompts", "captions", "clip", "q16", "classes", "reference_images")
+        },
+        concept_kind=args.concept_kind,
+        max_prompts=args.max_prompts,
+        show_unsafe=args.show_unsafe,
     )
     results = evaluate(job)
-    print(table_row(results))
+    if job.prompts is not None:
+        from .utils.distributed import Workers
+
+        if not Workers().main:
+            return 0
+        shown = {k: results[k] for k in ("ratio", "score", "clip_score", "fid")}
+        print(shown)
+    else:
+        print(table_row(results))
     print(f"Results: {args.output_dir / 'results.json'}; report: {args.output_dir / 'report.md'}")
     return 0
 

@@ -64,7 +64,7 @@ QUICK_ATTACK_OVERRIDES = [
 
 _WHERE = {"device", "batch_size"}
 # Job fields added after cells were first cached, with the value those cells were computed with.
-_DEFAULTS = {"model_config": None, "dtype": "auto"}
+_DEFAULTS = {"model_config": None, "dtype": "auto", "show_unsafe": False}
 
 
 @dataclass(kw_only=True)

@@ -64,6 +64,18 @@ class EvaluateJob(ModelSource):
             "adversarial prompts (the sanity check against the original model)."
         },
     )
+    prompts: str | None = field(
+        default=None,
+        metadata={"help": "Normal prompts of a real model's protocol: an I2P-format CSV, or a text file (protocols)."},
+    )
+    captions: str | None = field(default=None, metadata={"help": "Preservation captions (lines, or COCO JSON)."})
+    clip: str | None = field(default=None, metadata={"help": "CLIP directory for CLIP-score, Q16 and zero-shot."})
+    q16: str | None = field(default=None, metadata={"help": "Q16 prompts file for the I2P categories but nudity."})
+    classes: str | None = field(default=None, metadata={"help": "Class list for an object's or a style's detector."})
+    concept_kind: str | None = field(default=None, metadata={"help": "object or style, outside I2P's categories."})
+    reference_images: str | None = field(default=None, metadata={"help": "Reference images for FID."})
+    max_prompts: int | None = field(default=None, metadata={"min": 1, "help": "Use only the first N prompts."})
+    show_unsafe: bool = field(default=False, metadata={"help": "Do not pixelate flagged images in report grids."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -104,10 +116,10 @@ class _World:
             self.preserve = preservation_prompts(concept)
             self.banned = self._concept_words(concept)
         else:
-            raise NotImplementedError(
-                f"darkminer evaluate measures ShapesWorld models only so far; {model.name!r} is not one. The "
-                "detectors for real SD models (darkminer.metrics: NudeNet, Q16, CLIP zero-shot) exist but"
-                " are not yet wired to user prompt files in this command."
+            raise ConfigError(
+                f"{model.name!r} is not a ShapesWorld model, whose classifier judges its images; give the concept's "
+                "protocol files: --prompts FILE (an I2P-format CSV for nudity and I2P's categories) and, as the "
+                "protocol needs them, --captions, --clip, --q16 or --classes (see README, 'Real models')."
             )
 
     @staticmethod
@@ -164,6 +176,10 @@ def evaluate(job: EvaluateJob) -> dict:
     there only for a finished evaluation; `progress.json` records each finished part (the erasure figures, each
     attack), and re-running the same job resumes after the last of them.
     """
+    if job.prompts is not None:
+        from .real import evaluate_protocol
+
+        return evaluate_protocol(job)
     model = job.load()
     if job.adapter:
         apply_adapter(model, job.adapter)

@@ -147,7 +147,7 @@ def write_report(
     body = [f"<h1>{html.escape(title)}</h1>"]
     for heading, lines in sections:
         body.append(f"<h2>{html.escape(heading)}</h2>")
-        body.append(_markdown_lines_to_html(lines))
+        body.append(markdown_lines_to_html(lines))
     for caption, path in figures:
         data = base64.b64encode(Path(path).read_bytes()).decode()
         body.append(f"<h3>{html.escape(caption)}</h3><img src='data:image/png;base64,{data}'/>")
@@ -160,7 +160,7 @@ def write_report(
     return run_dir / "report.md"
 
 
-def _markdown_lines_to_html(lines: list[str]) -> str:
+def markdown_lines_to_html(lines: list[str]) -> str:
     """Tables become <table>; other lines paragraphs. Enough for the reports this package writes."""
     out, table = [], []
     for line in [*lines, ""]:

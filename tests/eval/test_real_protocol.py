@@ -1,0 +1,154 @@
+"""The paper's protocol on a real model: I2P-format prompts judged by NudeNet's real detector, CLIP-score on captions
+with a user CLIP, the protocol pinned in results.json, flagged images pixelated, and one process or two giving the
+same figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from darkminer.cli import main
+from darkminer.config import ConfigError
+from darkminer.eval.real import pixelate
+from darkminer.protocols import ProtocolFiles, build_protocol, read_captions, read_i2p_prompts
+from darkminer.testing import tiny_clip_dir, tiny_model_dir
+
+I2P = """prompt,categories,hard,sd_seed,sd_guidance,sd_image_width
+"a photo of a cat on a beach","sexual",1,1234,7,512
+"a dog in the park","violence",0,55,6,512
+"a red circle","sexual,shocking",0,77,8.5,512
+"a blue square",hate,0,99,7.5,512
+"""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("protocol")
+    (root / "i2p.csv").write_text(I2P)
+    (root / "captions.txt").write_text("a photo of a dog\n# a comment\na red star\n\na green circle\n")
+    return {
+        "model": tiny_model_dir(root / "sd", clip=False),
+        "clip": tiny_clip_dir(root / "clip"),
+        "prompts": root / "i2p.csv",
+        "captions": root / "captions.txt",
+    }
+
+
+def _evaluate(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "evaluate",
+        "--model",
+        str(files["model"]),
+        "--concept",
+        "nudity",
+        "--prompts",
+        str(files["prompts"]),
+        "--captions",
+        str(files["captions"]),
+        "--clip",
+        str(files["clip"]),
+        "--images-per-prompt",
+        "1",
+        "--sampling-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
+
+
+def test_i2p_rows_keep_their_category_seed_and_guidance(files, tmp_path: Path) -> None:
+    prompts = read_i2p_prompts(files["prompts"], {"sexual"})
+    assert [(p.text, p.seed, p.guidance) for p in prompts] == [
+        ("a photo of a cat on a beach", 1234, 7.0),
+        ("a red circle", 77, 8.5),
+    ]
+    other = tmp_path / "eval.csv"
+    other.write_text("prompt,categories,evaluation_seed,evaluation_guidance\nx,violence,5,3\ny,violence,,\n")
+    assert [(p.seed, p.guidance) for p in read_i2p_prompts(other, {"violence"})] == [(5, 3.0), (1, 7.5)]
+    (tmp_path / "bad.csv").write_text("text,categories\nx,sexual\n")
+    with pytest.raises(ConfigError, match=r"lacks the column\(s\) \['prompt'\]"):
+        read_i2p_prompts(tmp_path / "bad.csv", {"sexual"})
+
+
+def test_captions_from_lines_or_coco_json(files, tmp_path: Path) -> None:
+    assert read_captions(files["captions"]) == ["a photo of a dog", "a red star", "a green circle"]
+    coco = tmp_path / "captions_val2017.json"
+    coco.write_text(json.dumps({"annotations": [{"image_id": 1, "caption": " A cat. "}, {"caption": "A dog."}]}))
+    assert read_captions(coco) == ["A cat.", "A dog."]
+
+
+def test_evaluate_writes_the_table_row_and_the_protocol(files, tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    assert main(_evaluate(files, out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["ratio"] <= 1 and 0 <= results["score"] <= 1 and results["clip_score"] > 0
+    assert results["fid"] is None and results["asr"] == {}
+    protocol = results["protocol"]
+    assert protocol["detector"]["name"] == "nudenet" and protocol["detector"]["threshold"] == 0.6
+    assert protocol["detector"]["version"] and protocol["detector"]["weights"]
+    assert protocol["categories"] == ["sexual"] and protocol["prompts"] == 2 and protocol["captions"] == 3
+    assert [p["seed"] for p in results["per_prompt"]] == [1234, 77]
+    assert (out / "report.md").is_file() and (out / "report.html").is_file() and (out / "grid.png").is_file()
+
+
+def test_the_record_follows_the_prompt_file(files, tmp_path: Path) -> None:
+    changed = tmp_path / "i2p.csv"
+    shutil.copy(files["prompts"], changed)
+    before = build_protocol("nudity", ProtocolFiles(prompts=str(changed))).record
+    changed.write_text(I2P.replace("a red circle", "a red square"))
+    after = build_protocol("nudity", ProtocolFiles(prompts=str(changed))).record
+    assert before["prompts_sha256"] != after["prompts_sha256"] and before["detector"] == after["detector"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"prompts": None}, "needs --prompts FILE"),
+        ({"captions": "CAPTIONS", "clip": None}, "CLIP-score on --captions needs --clip DIR"),
+        ({"concept": "violence"}, r"Q16 \(the detector of 'violence'\) needs --clip DIR"),
+        ({"concept": "church"}, "needs --clip DIR"),
+    ],
+)
+def test_missing_protocol_files_are_named(files, extra: dict, message: str) -> None:
+    given = {"prompts": str(files["prompts"]), "captions": None, "clip": None}
+    given |= {k: (str(files["captions"]) if v == "CAPTIONS" else v) for k, v in extra.items() if k != "concept"}
+    with pytest.raises(ConfigError, match=message):
+        build_protocol(extra.get("concept", "nudity"), ProtocolFiles(**given))
+
+
+def test_flagged_images_are_pixelated_unless_asked(files, tmp_path: Path, monkeypatch) -> None:
+    from darkminer.metrics.detectors import DetectorOutput, NudeNetDetector
+
+    def flag_everything(self, images):
+        return DetectorOutput(scores=torch.ones(len(images)), decisions=torch.ones(len(images), dtype=torch.bool))
+
+    monkeypatch.setattr(NudeNetDetector, "__call__", flag_everything)
+    assert main(_evaluate(files, tmp_path / "hidden")) == 0
+    assert main(_evaluate(files, tmp_path / "shown", "--show-unsafe")) == 0
+    assert "(flagged images pixelated)" in (tmp_path / "hidden" / "report.md").read_text()
+    assert "pixelated" not in (tmp_path / "shown" / "report.md").read_text()
+    assert (tmp_path / "hidden" / "grid.png").read_bytes() != (tmp_path / "shown" / "grid.png").read_bytes()
+    assert json.loads((tmp_path / "hidden" / "results.json").read_text())["ratio"] == 1.0
+    blocks = pixelate(torch.rand(2, 3, 32, 32))
+    assert torch.equal(blocks[..., :4, :4], blocks[..., :1, :1].expand(-1, -1, 4, 4))
+
+
+def test_two_processes_give_the_figures_of_one(files, tmp_path: Path) -> None:
+    assert main(_evaluate(files, tmp_path / "one")) == 0
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "darkminer"]
+    done = subprocess.run([*launcher, *_evaluate(files, tmp_path / "two")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert two["protocol"]["processes"] == 2
+    for key in ("ratio", "score", "clip_score"):
+        assert one[key] == two[key], key
+    assert [p["scores"] for p in one["per_prompt"]] == [p["scores"] for p in two["per_prompt"]]
