@@ -81,6 +81,19 @@ def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH, pad_token: str = "<|endoft
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, pad_token=pad_token)
 
 
+def _sd_scheduler(v_prediction: bool) -> DDPMScheduler:
+    """Stable Diffusion's training schedule (`scaled_linear` betas, no clipping), epsilon or v-prediction (SD 2.x)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="v_prediction" if v_prediction else "epsilon",
+    )
+
+
 def tiny_model(seed: int = 0, family: str = "sd1") -> DiffusionModel:
     """Build a tiny random Stable-Diffusion-architecture model, frozen and in eval mode.
 
@@ -153,21 +166,12 @@ def tiny_model(seed: int = 0, family: str = "sd1") -> DiffusionModel:
         )
     # The CLIP text tower *is* the text encoder, as in the bundled ShapesWorld model.
     clip.text_model.load_state_dict(text_encoder.state_dict())
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type="v_prediction" if sd2 else "epsilon",
-    )
     model = DiffusionModel(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_sd_scheduler(sd2),
         name=f"tiny-random-{family}(seed={seed})",
         clip=clip,
     )
@@ -425,21 +429,12 @@ def random_model(architecture: str = "tiny", seed: int = 0) -> DiffusionModel:
             attention_head_dim=(5, 10, 20, 20) if sd2 else 8,
             use_linear_projection=sd2,
         )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type="v_prediction" if sd2 else "epsilon",
-    )
     model = DiffusionModel(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_sd_scheduler(sd2),
         name=f"random-{architecture}(seed={seed})",
     )
     return model.freeze()

@@ -23,6 +23,7 @@ from ..config import write_json
 from ..metrics import clip_score, erasure_figures
 from ..metrics.clip import encode_images, encode_texts
 from ..models.adapters import apply_adapter
+from ..models.runtime import ModelSource
 from ..protocols import ProtocolFiles, build_protocol
 from ..training.checkpoint import locked_directory
 from ..utils.distributed import Workers
@@ -55,8 +56,6 @@ def evaluate_protocol(job) -> dict:
     source = job.source_fields()
     if workers.device is not None and job.device == "auto":
         source["device"] = str(workers.device)  # one device per launched process
-    from ..models.runtime import ModelSource
-
     model = ModelSource(**source).load()
     if job.adapter:
         apply_adapter(model, job.adapter)

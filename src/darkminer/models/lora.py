@@ -364,6 +364,12 @@ def save_lora(
     return directory
 
 
+def _damaged(weights: Path, err: Exception) -> LoraLoadError:
+    return LoraLoadError(
+        f"{weights} is damaged or not a safetensors file ({str(err).splitlines()[0]}); re-run the erase that wrote it."
+    )
+
+
 def _read_record(directory: Path, weights: Path) -> dict[str, Any]:
     config_path = directory / ADAPTER_CONFIG_NAME
     if config_path.is_file():
@@ -379,10 +385,7 @@ def _read_record(directory: Path, weights: Path) -> dict[str, Any]:
         with safe_open(weights, framework="pt") as handle:
             raw = (handle.metadata() or {}).get(_DIFFUSERS_METADATA_KEY)
     except Exception as err:  # safetensors raises its own errors for truncated or foreign files
-        raise LoraLoadError(
-            f"{weights} is damaged or not a safetensors file ({str(err).splitlines()[0]}); re-run the erase that "
-            "wrote it."
-        ) from err
+        raise _damaged(weights, err) from err
     lora = {k.removeprefix(_PREFIX): v for k, v in json.loads(raw).items() if k.startswith(_PREFIX)} if raw else {}
     if not lora:
         raise LoraLoadError(
@@ -441,10 +444,7 @@ def load_lora(model: DiffusionModel, directory: str | Path, *, adapter_name: str
     try:
         found = load_file(weights)
     except Exception as err:  # safetensors raises its own errors for truncated or foreign files
-        raise LoraLoadError(
-            f"{weights} is damaged or not a safetensors file ({str(err).splitlines()[0]}); re-run the erase that "
-            "wrote it."
-        ) from err
+        raise _damaged(weights, err) from err
     unexpected = sorted(k for k in found if not k.startswith(_PREFIX) or k[len(_PREFIX) :] not in expected)
     found = {k[len(_PREFIX) :]: v for k, v in found.items() if k.startswith(_PREFIX)}
     missing = sorted(_PREFIX + k for k in expected if k not in found)

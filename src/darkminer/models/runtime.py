@@ -142,14 +142,12 @@ class ModelSource:
     )
 
     def __post_init__(self):
-        check_fields(self)
-        if not isinstance(self.model, str) or not self.model:
+        check_fields(self)  # types: model and dtype are strings, batch_size an int or None
+        if not self.model:
             raise ConfigError(f"model must be a non-empty string, got {self.model!r}.")
-        if self.batch_size is not None and (
-            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
-        ):
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}.")
-        if self.dtype != "auto" and not isinstance(self.dtype, torch.dtype) and self.dtype.lower() not in DTYPE_NAMES:
+        if self.dtype != "auto" and self.dtype.lower() not in DTYPE_NAMES:
             raise ConfigError(f"--dtype {self.dtype!r} is not a known dtype; use auto, {', '.join(DTYPE_NAMES)}.")
 
     def source_fields(self) -> dict:

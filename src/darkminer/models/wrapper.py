@@ -8,6 +8,7 @@ library classes underneath.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 from transformers.masking_utils import create_causal_mask
 
 from darkminer.models.lora import has_lora, upcast_lora_params
+from darkminer.models.runtime import dtype_name
 
 if TYPE_CHECKING:
     from darkminer.models.safe_guidance import SafeLatentDiffusion
@@ -169,7 +171,7 @@ class DiffusionModel:
         """Where and how the model runs, as recorded in run directories and reports."""
         return {
             "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.dtype),
             "batch_size": self.chunk_size,
         }
 
@@ -573,30 +575,19 @@ class DiffusionModel:
             use_sld = False
         images = []
         chunks = range(0, num_images, self.chunk_size)
+        # SLD acts through the guidance term, so diffusers' safe pipeline samples instead of the plain DDIM loop.
+        sample = functools.partial(self.safe_guidance.sample, self) if use_sld else self._sample_chunk
         for start in tqdm(chunks, disable=not progress or len(chunks) == 1, desc="chunks"):
             rows = slice(start, start + self.chunk_size)
-            chunk_uncond = uncond[rows] if do_guidance else None
-            if use_sld:  # SLD acts through the guidance term; diffusers' safe pipeline samples
-                chunk = self.safe_guidance.sample(
-                    self,
-                    cond[rows],
-                    chunk_uncond,
-                    latents[rows],
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
-                    progress=progress and len(chunks) == 1,
-                    callback_on_step_end=callback_on_step_end,
-                )
-            else:
-                chunk = self._sample_chunk(
-                    cond[rows],
-                    chunk_uncond,
-                    latents[rows],
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
-                    progress=progress and len(chunks) == 1,
-                    callback_on_step_end=callback_on_step_end,
-                )
+            chunk = sample(
+                cond[rows],
+                uncond[rows] if do_guidance else None,
+                latents[rows],
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                progress=progress and len(chunks) == 1,
+                callback_on_step_end=callback_on_step_end,
+            )
             images.append(chunk)
         return torch.cat(images)
 

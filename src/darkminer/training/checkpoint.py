@@ -66,6 +66,14 @@ def _acquire(directory: Path) -> None:
     _HELD[key] = (fd, 1)
 
 
+def _create_and_lock(directory: Path) -> None:
+    """Create `directory` if needed and take its writer lock (see [`locked_directory`] for the errors)."""
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"--output-dir {directory} is a file; pass a directory.")
+    directory.mkdir(parents=True, exist_ok=True)
+    _acquire(directory)
+
+
 @contextlib.contextmanager
 def locked_directory(directory: str | Path) -> Iterator[Path]:
     """Create `directory` if needed and hold its writer lock for the duration of the block.
@@ -75,10 +83,7 @@ def locked_directory(directory: str | Path) -> Iterator[Path]:
         [`RunLockedError`]: another process holds the lock (the message names it).
     """
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"--output-dir {directory} is a file; pass a directory.")
-    directory.mkdir(parents=True, exist_ok=True)
-    _acquire(directory)
+    _create_and_lock(directory)
     try:
         yield directory
     finally:
@@ -141,17 +146,14 @@ class RunDirectory:
     ):
         self.path = Path(path)
         self.total_limit = total_limit
-        if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(f"--output-dir {self.path} is a file; pass a directory.")
-        self.path.mkdir(parents=True, exist_ok=True)
-        _acquire(self.path)
+        _create_and_lock(self.path)
         self._locked = True
-        for leftover in self.path.glob(".*.tmp"):  # what a killed writer was assembling; we hold the lock now
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
         try:
+            for leftover in self.path.glob(".*.tmp"):  # what a killed writer was assembling; we hold the lock now
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
             config = _jsonable(config)
             if runtime is not None:
                 config[RUNTIME_KEY] = _jsonable(runtime)
