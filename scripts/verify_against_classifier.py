@@ -27,6 +27,7 @@ from darkminer.metrics.clip import image_features
 from darkminer.models import load_model
 from darkminer.toy.captions import get_concept
 from darkminer.toy.judge import ShapesJudge, load_classifier
+from darkminer.worlds import ShapesWorld
 
 
 class CheckedDarkMiner(DarkMiner):
@@ -77,7 +78,7 @@ def main() -> None:
     config = load_config(DarkMinerConfig, preset_path("dark_miner", args.concept), args.overrides)
     judge, model = ShapesJudge(load_classifier("shapesworld")), load_model("shapesworld")
     miner = CheckedDarkMiner(config, judge, args.concept, args.pairs, log_path)
-    result = miner.erase(model, ErasureRequest(concepts=[args.concept]), output_dir)
+    result = miner.erase(model, ErasureRequest([args.concept], world=ShapesWorld()), output_dir)
     for line in log_path.read_text().splitlines():
         r = json.loads(line)
         print(

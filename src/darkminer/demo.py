@@ -19,6 +19,7 @@ from .models import disable_lora
 from .models.runtime import ModelSource
 from .toy.captions import get_concept
 from .toy.judge import ShapesJudge, load_classifier
+from .worlds import ShapesWorld
 
 
 def preset_path(method: str, concept: str) -> Path:
@@ -89,5 +90,12 @@ def run_demo(
         ]
     else:
         summary = [f"Concept `{concept}` with `{method}`; {seconds / 60:.1f} min in all."]
-    write_run_report(model, job, config, result, [("Before / after (ShapesWorld classifier)", [*summary, "", *lines])])
+    write_run_report(
+        model,
+        job,
+        config,
+        result,
+        ShapesWorld(),
+        [("Before / after (ShapesWorld classifier)", [*summary, "", *lines])],
+    )
     return "\n".join([*summary, "", *lines, "", f"Report: {Path(output_dir) / 'report.md'}"])

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from .config import load_config
 from .eval.report import write_report
-from .eval.shapesworld import is_shapesworld
 from .methods import ErasureRequest, ErasureResult, get_method
 from .models import DiffusionModel, ModelLoadError, disable_lora, merge_lora
 from .models.loading import SHAPESWORLD
 from .models.runtime import ModelSource, peak_memory_mb
 from .utils.images import labelled_grid
+from .worlds import World, world_for
 
 
 @dataclass(kw_only=True)
@@ -77,38 +77,6 @@ def _no_clip(job: EraseJob) -> str:
     )
 
 
-def check_concepts(model: DiffusionModel, concepts: list[str]) -> None:
-    """On ShapesWorld, concepts must be ones its classifier can judge; the error lists them."""
-    if is_shapesworld(model):
-        from .toy.captions import get_concept
-
-        for concept in concepts:
-            get_concept(concept)
-
-
-def report_prompts(model: DiffusionModel, concepts: list[str], alternative: str | None) -> list[tuple[str, list[str]]]:
-    if is_shapesworld(model):
-        from .toy.captions import concept_prompts, get_concept, preservation_prompts
-
-        rows = []
-        for name in concepts:
-            concept = get_concept(name)
-            rows.append(
-                (
-                    f"'{name}' prompts",
-                    [p.text for p in concept_prompts(concept, "heldout")[::5][:4]]
-                    + [p.text for p in concept_prompts(concept, "implicit")[::4][:2]],
-                )
-            )
-        rows.append(("unrelated prompts", [p.text for p in preservation_prompts(get_concept(concepts[0]))[::23][:5]]))
-    else:
-        rows = [(f"'{c}' prompts", [f"a {c} photo", f"a photo of a {c}"]) for c in concepts]
-        rows.append(("unrelated prompts", ["a photo", "a photo of a dog", "a landscape painting"]))
-    if alternative:
-        rows.append((f"alternative '{alternative}'", [f"a {alternative} photo"]))
-    return rows
-
-
 def before_after_grid(
     model: DiffusionModel, prompts: list[str], path: Path, per_prompt: int = 4, seed: int = 0
 ) -> Path:
@@ -129,12 +97,14 @@ def write_run_report(
     job: EraseJob,
     config,
     result: ErasureResult,
+    world: World,
     extra_sections: list[tuple[str, list[str]]] | None = None,
 ) -> Path:
-    """report.md / report.html in the run directory: settings, curves, before/after grids, timings."""
+    """report.md / report.html in the run directory: settings, curves, before/after grids of the world's showcase
+    prompts, timings."""
     out = Path(job.output_dir)
     images = []
-    for i, (caption, prompts) in enumerate(report_prompts(model, job.concepts, job.alternative)):
+    for i, (caption, prompts) in enumerate(world.showcase(job.concepts, job.alternative)):
         images.append((f"before / after: {caption}", before_after_grid(model, prompts, out / f"grid_{i}.png")))
     runtime = model.runtime()
     memory = peak_memory_mb(model.device)
@@ -157,7 +127,6 @@ def run_erase(job: EraseJob) -> tuple[ErasureResult, DiffusionModel, object]:
     """Run `job`; returns the method's result, the model (adapter active) and the resolved method config."""
     entry = get_method(job.method)
     config = load_config(entry.config_class, job.config_file, job.overrides)
-    request = ErasureRequest(job.concepts, job.alternative)
     needs_clip = getattr(entry.method_class, "needs_clip", False)
     if needs_clip and not job.clip and lacks_clip(job.model):
         raise ModelLoadError(_no_clip(job))
@@ -166,14 +135,15 @@ def run_erase(job: EraseJob) -> tuple[ErasureResult, DiffusionModel, object]:
         attach_clip(model, job.clip)
     if needs_clip and model.clip is None:
         raise ModelLoadError(_no_clip(job))
-    check_concepts(model, request.concepts)
+    request = ErasureRequest(job.concepts, job.alternative, world_for(model))
+    request.world.check_concepts(request.concepts)
     if job.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     start = time.perf_counter()
     result = entry.method_class(config).erase(model, request, job.output_dir)
     result.summary["seconds"] = round(time.perf_counter() - start, 1)
     if job.report:
-        write_run_report(model, job, config, result)
+        write_run_report(model, job, config, result, request.world)
     if job.merge:
         merge_lora(model)
         model.save_pretrained(Path(job.output_dir) / "merged")

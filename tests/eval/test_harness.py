@@ -55,7 +55,7 @@ def test_evaluate_writes_a_table_row(quick_world, tmp_path):
 
 def test_killed_evaluation_resumes_its_finished_parts(quick_world, tmp_path, monkeypatch):
     """A failure in the second attack leaves no results.json; the re-run reuses the figures and the first attack."""
-    from darkminer.eval import harness
+    from darkminer.eval import attacks, harness
 
     out = tmp_path / "ev"
     (out).mkdir()
@@ -69,14 +69,14 @@ def test_killed_evaluation_resumes_its_finished_parts(quick_world, tmp_path, mon
         images_per_prompt=1,
         sampling_steps=2,
     )
-    run_attack = harness._run_attack
+    run_attack = attacks.run_attack
 
-    def crash_on_cce(model, world, job, name, *args):
+    def crash_on_cce(model, suite, job, name, *args):
         if name == "cce":
             raise KeyboardInterrupt
-        return run_attack(model, world, job, name, *args)
+        return run_attack(model, suite, job, name, *args)
 
-    monkeypatch.setattr(harness, "_run_attack", crash_on_cce)
+    monkeypatch.setattr(attacks, "run_attack", crash_on_cce)
     with pytest.raises(KeyboardInterrupt):
         evaluate(EvaluateJob(**job))
     assert not (out / "results.json").exists()
@@ -85,11 +85,11 @@ def test_killed_evaluation_resumes_its_finished_parts(quick_world, tmp_path, mon
 
     calls = []
 
-    def count(model, world, job, name, *args):
+    def count(model, suite, job, name, *args):
         calls.append(name)
-        return run_attack(model, world, job, name, *args)
+        return run_attack(model, suite, job, name, *args)
 
-    monkeypatch.setattr(harness, "_run_attack", count)
+    monkeypatch.setattr(attacks, "run_attack", count)
     monkeypatch.setattr(harness, "_erasure_figures", lambda *a: pytest.fail("figures recomputed"))
     results = evaluate(EvaluateJob(**job))
     assert calls == ["cce"] and results["ratio"] == progress["figures"]["ratio"]

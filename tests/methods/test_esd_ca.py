@@ -10,23 +10,26 @@ from darkminer.methods.esd import EsdConfig, esd_loss, esd_target_modules, parti
 from darkminer.methods.prompts import fill, prompt_templates
 from darkminer.models import add_lora
 from darkminer.testing import tiny_model
+from darkminer.worlds import ShapesWorld, World
 
 
 def test_prompt_file_marks_the_concept_and_skips_comments(model, tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("# texts about stars\n\na {concept} in the sky\nstarfish and a star\na night sky\n")
-    templates = prompt_templates(model, "star", str(path))
+    templates = prompt_templates(World(), "star", str(path))
     assert templates == ["a {concept} in the sky", "starfish and a {concept}", "a night sky"]
     assert [fill(t, "moon") for t in templates] == ["a moon in the sky", "starfish and a moon", "a night sky"]
 
 
-def test_prompt_templates_default_and_errors(model, tmp_path):
-    assert prompt_templates(model, "star") == ["{concept}"]  # not ShapesWorld: the concept word alone
+def test_prompt_templates_default_and_errors(tmp_path):
+    assert prompt_templates(World(), "star") == ["{concept}"]  # the generic world: the concept word alone
+    shapes = prompt_templates(ShapesWorld(), "star")
+    assert len(shapes) > 10 and all("{concept}" in t for t in shapes)  # ShapesWorld's training templates
     with pytest.raises(FileNotFoundError, match="missing.txt"):
-        prompt_templates(model, "star", str(tmp_path / "missing.txt"))
+        prompt_templates(World(), "star", str(tmp_path / "missing.txt"))
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(ValueError, match="no prompt"):
-        prompt_templates(model, "star", str(tmp_path / "empty.txt"))
+        prompt_templates(World(), "star", str(tmp_path / "empty.txt"))
 
 
 def test_ca_pairs_replace_the_concept_by_the_anchor():

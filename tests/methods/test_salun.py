@@ -12,6 +12,7 @@ from darkminer.methods.salun import SalUn, SalUnConfig
 from darkminer.methods.salun.method import denoising_prompts
 from darkminer.models import disable_lora
 from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
+from darkminer.worlds import ShapesWorld, World
 
 
 def test_masked_update_saved_exactly(tmp_path):
@@ -43,11 +44,14 @@ def test_masked_update_saved_exactly(tmp_path):
 
 
 def test_random_labels_relabel_each_prompt():
-    model = tiny_model(seed=0)
-    forget, relabelled, labels = denoising_prompts(model, ["star"], SalUnConfig(random_labels=["circle", "square"]))
+    world = World()
+    forget, relabelled, labels = denoising_prompts(world, ["star"], SalUnConfig(random_labels=["circle", "square"]))
     assert forget == ["a star photo"]
     assert relabelled == [["a circle photo", "a square photo"]] and labels == {"star": ["circle", "square"]}
     with pytest.raises(ValueError, match="random_labels"):
-        denoising_prompts(model, ["star"], SalUnConfig())
+        denoising_prompts(world, ["star"], SalUnConfig())
     with pytest.raises(ValueError, match="other than the erased"):
-        denoising_prompts(model, ["star", "circle"], SalUnConfig(random_labels=["circle"]))
+        denoising_prompts(world, ["star", "circle"], SalUnConfig(random_labels=["circle"]))
+    forget, relabelled, labels = denoising_prompts(ShapesWorld(), ["star"], SalUnConfig())
+    assert labels["star"] == ShapesWorld().related("star") and "star" not in labels["star"]
+    assert len(forget) > 10 and all(len(row) == len(labels["star"]) for row in relabelled)

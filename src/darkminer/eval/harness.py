@@ -6,12 +6,10 @@
   the share of images of prompts without the concept whose shape and colour are both what the prompt asks.
 - Preserve: CLIP-score and FID on prompts that do not involve the concept. On ShapesWorld the "real" images for
   FID are fresh renders of exactly what each prompt asks for, and features are the classifier's penultimate layer.
-- Attack: each attack searches adversarial prompts or embeddings against the model as given (adapter active);
-  one image per adversarial output; ASR = share classified as the concept. The original model draws
-  `ATTACK_IMAGES_PER_PROMPT` images of each of the concept's prompts once per row: UnlearnDiff and P4D attack each
-  prompt with its own images, CCE inverts the 32 the detector scores highest.
+- Attack: [`~darkminer.eval.attacks.run_attacks`], the same on every world.
 
-ShapesWorld supplies its own prompts and detector; other models are refused with an error saying so (not wired yet).
+The prompts and the detector come from the model's world ([`~darkminer.worlds.ShapesWorld.suite`]); a real model is
+evaluated under a protocol built from the user's files instead (`--prompts`: [`~darkminer.eval.real`]).
 """
 
 from __future__ import annotations
@@ -23,22 +21,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..attacks import get_attack
-from ..config import ConfigError, load_config, write_json
-from ..metrics import attack_success_rate, clip_score, erasure_figures, fid_from_features
+from ..config import ConfigError, write_json
+from ..metrics import clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import image_features, text_features
-from ..models import DiffusionModel, disable_lora
 from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
+from ..models.sampling import generate_batched
 from ..training.checkpoint import locked_directory
 from ..utils.images import labelled_grid
+from ..worlds import ShapesWorldSuite, world_for
+from .attacks import run_attacks
 from .report import table_lines
-from .shapesworld import generate_batched, is_shapesworld
-
-ATTACK_IMAGES_PER_PROMPT = 4
 
 
 @dataclass(kw_only=True)
@@ -85,74 +81,6 @@ class EvaluateJob(ModelSource):
             get_attack(name)
 
 
-def _attack_config(name: str, overrides: list[str], extra: list[str]):
-    mine = [o.split(".", 1)[1] for o in overrides if o.startswith(f"{name}.")]
-    return load_config(get_attack(name).config_class, None, [*extra, *mine])
-
-
-def _generate_cond(model, cond: torch.Tensor, seed: int, steps: int = 25, batch: int = 128) -> torch.Tensor:
-    return torch.cat(
-        [
-            model.generate(cond=cond[i : i + batch], seed=seed + i, num_inference_steps=steps)
-            for i in range(0, len(cond), batch)
-        ]
-    )
-
-
-class _World:
-    """Prompts, detector and reference images for the model being evaluated."""
-
-    def __init__(self, model: DiffusionModel, job: EvaluateJob):
-        from ..metrics import ShapesWorldDetector
-
-        if is_shapesworld(model):
-            from ..toy.captions import concept_prompts, get_concept, preservation_prompts
-
-            concept = get_concept(job.concept)
-            self.detector = ShapesWorldDetector(concept, model.name)
-            self.normal = [p.text for split in ("heldout", "implicit") for p in concept_prompts(concept, split)]
-            self.attack_sources = [p.text for p in concept_prompts(concept, "train")]
-            self.training = self.attack_sources  # the texts the erasure methods train on (App. B)
-            self.preserve = preservation_prompts(concept)
-            self.banned = self._concept_words(concept)
-        else:
-            raise ConfigError(
-                f"{model.name!r} is not a ShapesWorld model, whose classifier judges its images; give the concept's "
-                "protocol files: --prompts FILE (an I2P-format CSV for nudity and I2P's categories) and, as the "
-                "protocol needs them, --captions, --clip, --q16 or --classes (see README, 'Real models')."
-            )
-
-    @staticmethod
-    def _concept_words(concept) -> list[str]:
-        """The words that name the concept (its synonyms), banned from prompts in the sanity check."""
-        from ..toy.captions import COLOUR_WORDS, SHAPE_WORDS
-
-        if concept.attribute == "pattern":
-            return ["stripe", "striped", "stripes"]
-        return sorted({"shape": SHAPE_WORDS, "colour": COLOUR_WORDS}[concept.attribute][concept.name])
-
-    def concept_images(self, model: DiffusionModel, per_prompt: int, seed: int, steps: int = 25) -> torch.Tensor:
-        """The original model's images of the concept's prompts, `per_prompt` each, in prompt order (the attack
-        images of UnlearnDiff and P4D: each prompt attacks with its own)."""
-        with disable_lora(model.unet):
-            return generate_batched(model, self.attack_sources, per_prompt, seed, steps)
-
-    def top_images(self, images: torch.Tensor, count: int) -> torch.Tensor:
-        """The `count` images the detector scores highest (CCE's inversion data, App. B)."""
-        return images[self.detector(images).scores.argsort(descending=True)[:count]]
-
-    def reference_features(self, per_prompt: int, seed: int) -> torch.Tensor:
-        from ..toy.render import ShapeLabel, render_batch, to_tensor_range
-
-        rng = np.random.default_rng(seed)
-        labels = [
-            ShapeLabel(p.constraints["shape"], p.constraints["colour"], "solid" if rng.random() < 0.5 else "striped")
-            for p in self.preserve
-            for _ in range(per_prompt)
-        ]
-        return self.detector.features((to_tensor_range(render_batch(labels, seed)) + 1) / 2)
-
-
 PROGRESS_NAME = "progress.json"
 """What a running (or killed) evaluation has finished, so that a re-run with the same job resumes it."""
 
@@ -183,7 +111,7 @@ def evaluate(job: EvaluateJob) -> dict:
     model = job.load()
     if job.adapter:
         apply_adapter(model, job.adapter)
-    world = _World(model, job)  # refuses a concept or model it cannot judge, before anything is written
+    suite = world_for(model).suite(model, job.concept)  # refuses what it cannot judge, before anything is written
     with locked_directory(job.output_dir) as out:
         (out / "results.json").unlink(missing_ok=True)
         key = _job_key(job)
@@ -199,23 +127,21 @@ def evaluate(job: EvaluateJob) -> dict:
             write_json(out / PROGRESS_NAME, progress)
 
         if job.erase_metrics and progress["figures"] is None:
-            progress["figures"], grids = _erasure_figures(model, world, job, out)
+            progress["figures"], grids = _erasure_figures(model, suite, job, out)
             progress["grids"] += grids
             checkpoint()
-        pending = [name for name in job.attacks if name not in progress["attacks"]]
-        if pending:  # drawn once per row, shared by the attacks
-            per_prompt = world.concept_images(model, ATTACK_IMAGES_PER_PROMPT, job.seed + 4, job.sampling_steps)
-            pooled = world.top_images(per_prompt, 32)
-        for name in pending:
-            tic = time.perf_counter()
-            progress["attacks"][name], adversarial = _run_attack(model, world, job, name, per_prompt, pooled, out)
-            progress["attacks"][name]["seconds"] = round(time.perf_counter() - tic, 1)
+
+        def attacked(name: str, record: dict, adversarial: torch.Tensor) -> None:
+            progress["attacks"][name] = record
             progress["grids"].append(_save_grid(out, f"attack_{name}", f"attack {name}", adversarial[:16]))
             checkpoint()
+
+        pending = [name for name in job.attacks if name not in progress["attacks"]]
+        run_attacks(model, suite, job, out, pending, done=attacked)
         results = {
             "job": dataclasses.asdict(job),
             "runtime": model.runtime(),
-            "detector": world.detector.metadata(),
+            "detector": suite.detector.metadata(),
             **(progress["figures"] or {}),
             "attacks": {name: progress["attacks"][name] for name in job.attacks},
             "seconds": round(time.perf_counter() - start, 1),
@@ -226,52 +152,28 @@ def evaluate(job: EvaluateJob) -> dict:
     return results
 
 
-def _erasure_figures(model, world: _World, job: EvaluateJob, out: Path) -> tuple[dict, list[tuple[str, str]]]:
+def _erasure_figures(
+    model, suite: ShapesWorldSuite, job: EvaluateJob, out: Path
+) -> tuple[dict, list[tuple[str, str]]]:
     """Ratio and Score on normal prompts, Ratio on training prompts, preservation, CLIP-score and FID."""
     figures = {}
-    images = generate_batched(model, world.normal, job.images_per_prompt, job.seed, job.sampling_steps)
-    verdict = world.detector(images)
-    figures.update(erasure_figures(verdict.scores, verdict.decisions, world.detector.kind))
+    images = generate_batched(model, suite.normal, job.images_per_prompt, job.seed, job.sampling_steps)
+    verdict = suite.detector(images)
+    figures.update(erasure_figures(verdict.scores, verdict.decisions, suite.detector.kind))
     grids = [_save_grid(out, "normal", "normal prompts", images[:: job.images_per_prompt][:16])]
-    trained = generate_batched(model, world.training, job.images_per_prompt, job.seed + 5, job.sampling_steps)
-    figures["ratio_training"] = float(world.detector(trained).decisions.float().mean())
-    texts = [p.text for p in world.preserve]
+    trained = generate_batched(model, suite.training, job.images_per_prompt, job.seed + 5, job.sampling_steps)
+    figures["ratio_training"] = float(suite.detector(trained).decisions.float().mean())
+    texts = [p.text for p in suite.preserve]
     kept = generate_batched(model, texts, job.images_per_prompt, job.seed + 1, job.sampling_steps)
-    wanted = [p.constraints for p in world.preserve for _ in range(job.images_per_prompt)]
-    figures["preservation"] = float(world.detector.judge.follows(kept, wanted).float().mean())
+    wanted = [p.constraints for p in suite.preserve for _ in range(job.images_per_prompt)]
+    figures["preservation"] = float(suite.detector.judge.follows(kept, wanted).float().mean())
     repeated = [t for t in texts for _ in range(job.images_per_prompt)]
     if model.clip is not None:
         figures["clip_score"] = clip_score(image_features(model, kept), text_features(model, repeated))
-    reference = world.reference_features(job.images_per_prompt, job.seed + 2)
-    figures["fid"] = fid_from_features(world.detector.features(kept), reference)
+    reference = suite.reference_features(job.images_per_prompt, job.seed + 2)
+    figures["fid"] = fid_from_features(suite.detector.features(kept), reference)
     grids.append(_save_grid(out, "preservation", "preservation prompts", kept[:: job.images_per_prompt][:16]))
     return figures, grids
-
-
-def _run_attack(model, world: _World, job: EvaluateJob, name: str, per_prompt, pooled, out: Path):
-    """One attack against the model as given; its record for results.json, and the images of its outputs."""
-    banned = job.ban_concept_words and _has_field(name, "banned_words")
-    config = _attack_config(name, job.attack_overrides, [f"banned_words={world.banned}"] if banned else [])
-    attack = get_attack(name).attack_class(config)
-    # An attack that stops once the concept shows (UnlearnDiff, as its paper's code) gets the detector.
-    checked = {"detector": world.detector} if _has_field(name, "stop_on_success") else {}
-    result = attack.run(
-        model,
-        concept=job.concept,
-        prompts=world.attack_sources,
-        images=per_prompt if _has_field(name, "images_per_prompt") else pooled,
-        output_dir=out / name,
-        **checked,
-    )
-    result.save(out / name)
-    adversarial = _generate_cond(model, result.conditionings(model), job.seed + 3, job.sampling_steps)
-    decisions = world.detector(adversarial).decisions
-    record = {"asr": attack_success_rate(decisions), "outputs": len(result), "prompts": result.prompts[:8]}
-    return record, adversarial
-
-
-def _has_field(attack: str, name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(get_attack(attack).config_class)}
 
 
 def _write_report(out: Path, job: EvaluateJob, results: dict, grids: list[tuple[str, str]]) -> None:

@@ -13,21 +13,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..metrics.functions import erasure_figures
 from ..models import DiffusionModel, disable_lora
+from ..models.sampling import generate_batched
 from ..toy.captions import Concept, EvalPrompt, concept_prompts, get_concept, preservation_prompts
 from ..toy.judge import ShapesJudge
 from ..toy.render import COLOURS, PATTERNS, SHAPES
-
-
-def is_shapesworld(model: DiffusionModel) -> bool:
-    """A ShapesWorld pipeline: the bundled one, or a directory with the classifier beside it."""
-    from ..toy.judge import shapesworld_dir
-
-    return model.name == "shapesworld" or (shapesworld_dir(model.name) / "classifier").is_dir()
 
 
 @dataclass
@@ -35,30 +28,6 @@ class Generated:
     prompts: list[EvalPrompt]
     images: torch.Tensor  # (len(prompts) * per_prompt, 3, H, W)
     per_prompt: int
-
-
-def generate_batched(
-    model: DiffusionModel,
-    prompts: list[str],
-    per_prompt: int,
-    seed: int,
-    steps: int = 25,
-    batch: int = 128,
-    desc: str = "sampling",
-) -> torch.Tensor:
-    """`per_prompt` images for every prompt, about `batch` images per call; each chunk is seeded with `seed` plus
-    the index of its first prompt, so the same prompts and seed give the same noise (e.g. before and after). A
-    progress bar labelled `desc` counts the images."""
-    step = max(1, batch // per_prompt)
-    chunks = []
-    with tqdm(total=len(prompts) * per_prompt, desc=desc, unit="img", leave=False, mininterval=2) as bar:
-        for i in range(0, len(prompts), step):
-            chunk = prompts[i : i + step]
-            chunks.append(
-                model.generate(chunk, num_images_per_prompt=per_prompt, seed=seed + i, num_inference_steps=steps)
-            )
-            bar.update(len(chunk) * per_prompt)
-    return torch.cat(chunks)
 
 
 def generate_for(

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..config import ConfigError
 from ..models import DiffusionModel
+from ..worlds import World
 
 
 @dataclass
@@ -22,6 +23,10 @@ class ErasureRequest:
 
     concepts: list[str] = field(metadata={"help": "Concept words, e.g. ['star'] or ['nudity']."})
     alternative: str | None = field(default=None, metadata={"help": "All but One: the concept to turn into."})
+    world: World = field(
+        default_factory=World,
+        metadata={"help": "What is known of the concepts (training texts, siblings); `world_for(model)` picks it."},
+    )
 
     def __post_init__(self):
         if isinstance(self.concepts, str):

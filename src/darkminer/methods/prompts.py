@@ -1,10 +1,11 @@
 """The texts about a concept that prompt-based erasure methods (ESD, CA, UCE, ...) train on.
 
 The Dark Miner paper (Appendix B) fine-tunes its prompt-based baselines on "200 phrases or sentences about the word
-*" that a user collects; here they come from a prompt file. ShapesWorld ships its own: the concept's *training*
-prompts (`darkminer.toy.captions.concept_prompts(concept, "train")`), never the held-out or implicit ones, which are
-kept for evaluation. Prompts are returned as templates in which `{concept}` marks where the concept is named, so
-that a method can put another concept in its place (CA pairs each prompt with the same prompt about an anchor).
+*" that a user collects; here they come from a prompt file, or else from the request's world
+([`~darkminer.worlds.World.training_prompts`]: ShapesWorld's training prompts, never its held-out or implicit ones,
+which are kept for evaluation). Prompts are returned as templates in which `{concept}` marks where the concept is
+named, so that a method can put another concept in its place (CA pairs each prompt with the same prompt about an
+anchor).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import re
 from pathlib import Path
 
 from ..config import ConfigError
-from ..eval.shapesworld import is_shapesworld
-from ..models import DiffusionModel
-from ..toy.captions import concept_prompts, get_concept
+from ..worlds import World
 
 CONCEPT_MARK = "{concept}"
 
@@ -30,19 +29,19 @@ def _mark(prompt: str, concept: str) -> str:
     return re.sub(rf"(?<!\w){re.escape(concept)}(?!\w)", CONCEPT_MARK, prompt)
 
 
-def prompt_templates(model: DiffusionModel, concept: str, prompt_file: str | None = None) -> list[str]:
+def prompt_templates(world: World, concept: str, prompt_file: str | None = None) -> list[str]:
     """Prompt templates about `concept`, each marking the concept's place with `{concept}` where it is named.
 
     Args:
-        model ([`DiffusionModel`]):
-            The model to erase from; it decides the default when no file is given.
+        world ([`World`]):
+            The request's world; it gives the texts when no file is given.
         concept (`str`):
             The concept word, e.g. "star" or "nudity".
         prompt_file (`str`, *optional*):
             A text file with one prompt per line (blank lines and lines starting with `#` are skipped). A line may
-            write `{concept}`; literal whole-word mentions of `concept` are marked as well. Without a file:
-            ShapesWorld's training prompts of the concept on ShapesWorld models, else the concept word alone
-            (ESD's own setting, Gandikota et al. 2023).
+            write `{concept}`; literal whole-word mentions of `concept` are marked as well. Without a file: the
+            world's training prompts (ShapesWorld's training templates; elsewhere the concept word alone, ESD's own
+            setting, Gandikota et al. 2023).
 
     Returns:
         `list[str]`: the templates, in file order; a line that does not name the concept is kept as written.
@@ -60,6 +59,4 @@ def prompt_templates(model: DiffusionModel, concept: str, prompt_file: str | Non
         if not prompts:
             raise ConfigError(f"Prompt file {path} holds no prompt (one per line; '#' starts a comment).")
         return [_mark(p, concept) for p in prompts]
-    if is_shapesworld(model):
-        return [_mark(p.text, concept) for p in concept_prompts(get_concept(concept), "train")]
-    return [CONCEPT_MARK]
+    return [_mark(p, concept) for p in world.training_prompts(concept)]

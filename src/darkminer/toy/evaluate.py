@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..eval.shapesworld import generate_batched
 from ..models import load_model
+from ..models.sampling import generate_batched
 from ..utils.images import labelled_grid
 from .captions import CONCEPTS, IMPLICIT_PHRASES, heldout_prompts, implicit_prompts
 from .judge import ShapesJudge, load_classifier

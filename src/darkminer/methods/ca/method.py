@@ -103,7 +103,7 @@ class ConceptAblation:
 
         pairs = []
         for concept in concepts:
-            templates = prompt_templates(model, concept, cfg.prompt_file)
+            templates = prompt_templates(request.world, concept, cfg.prompt_file)
             unnamed = [t for t in templates if CONCEPT_MARK not in t]
             if unnamed:
                 warnings.warn(

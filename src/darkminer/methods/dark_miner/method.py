@@ -39,6 +39,7 @@ from ...models import DiffusionModel, add_lora, attention_value_modules, disable
 from ...models.adapters import ERASURE_CONFIG_NAME
 from ...models.runtime import peak_memory_mb
 from ...training.checkpoint import LossRecorder, RunDirectory, load_tensors, save_tensors
+from ...worlds import World
 from ..base import ErasureRequest, ErasureResult
 from ..pool import load_image_pool
 from ..prompts import fill, prompt_templates
@@ -109,6 +110,7 @@ class DarkMiner:
 
     def __init__(self, config: DarkMinerConfig):
         self.config = config
+        self._world = World()  # the running request's world (`erase` sets it)
 
     # ---- helpers on the embedding space (A1) -----------------------------------------------------------------
     def _condition(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
@@ -117,15 +119,15 @@ class DarkMiner:
             return model.encode_prompt(token_embeds=embedding)
         return embedding
 
-    def _concept_texts(self, model: DiffusionModel, concept: str) -> list[str]:
-        """The concept's texts (`mining.prompt_file`, or ShapesWorld's training prompts) with the concept filled in."""
-        return [fill(t, concept) for t in prompt_templates(model, concept, self.config.mining.prompt_file)]
+    def _concept_texts(self, concept: str) -> list[str]:
+        """The concept's texts (`mining.prompt_file`, or the world's training prompts) with the concept filled in."""
+        return [fill(t, concept) for t in prompt_templates(self._world, concept, self.config.mining.prompt_file)]
 
     def _initial_embedding(self, model: DiffusionModel, concept: str, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config.mining
         prompt = self.config.pool.prompt.format(concept=concept)
         if cfg.init == "concept_prompts":
-            texts = self._concept_texts(model, concept)
+            texts = self._concept_texts(concept)
             prompt = texts[int(torch.randint(0, len(texts), (), generator=generator))]
         with torch.no_grad():
             if cfg.embedding_space == "token":
@@ -173,7 +175,7 @@ class DarkMiner:
         cfg = self.config
         if cfg.pool.source == "prompt":
             return [cfg.pool.prompt.format(concept=concept)] * cfg.pool.size
-        texts = self._concept_texts(model, concept)
+        texts = self._concept_texts(concept)
         return [texts[i % len(texts)] for i in range(cfg.pool.size)]
 
     # ---- stage 1: mining (Eq. 5) -----------------------------------------------------------------------------
@@ -346,6 +348,7 @@ class DarkMiner:
         """
         cfg = self.config
         concepts = list(request.concepts)
+        self._world = request.world
         run = RunDirectory(
             output_dir,
             {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},

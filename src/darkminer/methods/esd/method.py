@@ -138,7 +138,7 @@ class Esd:
         prompts = [
             fill(t, c)
             for c in concepts
-            for t in (prompt_templates(model, c, cfg.prompt_file) if cfg.prompt_file else cfg.templates)
+            for t in (prompt_templates(request.world, c, cfg.prompt_file) if cfg.prompt_file else cfg.templates)
         ]
         with torch.no_grad():
             conds = model.encode_prompt(prompts)

@@ -35,6 +35,7 @@ from ...config import ConfigError
 from ...models import DiffusionModel, modules_ending_with
 from ...training.checkpoint import RunDirectory, check_finite
 from ...training.lora_run import original_latents, save_final_adapter, save_step_checkpoint, start_or_resume_lora
+from ...worlds import World
 from ..base import ErasureRequest, ErasureResult
 from ..prompts import CONCEPT_MARK, fill, prompt_templates
 from .config import FMNConfig
@@ -161,11 +162,11 @@ class FMN:
     def __init__(self, config: FMNConfig):
         self.config = config
 
-    def _prompts(self, model: DiffusionModel, concepts: list[str]) -> tuple[list[str], list[str]]:
+    def _prompts(self, world: World, concepts: list[str]) -> tuple[list[str], list[str]]:
         """The prompts about each concept, and the concept each one names."""
         prompts, owners = [], []
         for concept in concepts:
-            templates = prompt_templates(model, concept, self.config.prompt_file)
+            templates = prompt_templates(world, concept, self.config.prompt_file)
             named = [t for t in templates if CONCEPT_MARK in t]
             if not named:
                 raise ConfigError(
@@ -205,7 +206,7 @@ class FMN:
             optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
         )
 
-        prompts, owners = self._prompts(model, concepts)
+        prompts, owners = self._prompts(request.world, concepts)
         latents = original_latents(
             model,
             prompts,

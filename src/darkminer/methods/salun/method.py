@@ -44,6 +44,7 @@ from ...config import ConfigError, write_json
 from ...models import DiffusionModel, add_lora_from_deltas, save_lora
 from ...models.adapters import ERASURE_CONFIG_NAME
 from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
+from ...worlds import World
 from ..base import ErasureRequest, ErasureResult
 from ..prompts import fill, prompt_templates
 from .config import SalUnConfig
@@ -73,34 +74,22 @@ def salun_target_modules(unet: nn.Module, suffixes: list[str]) -> list[str]:
     return names
 
 
-def _other_values(concept: str) -> list[str]:
-    """ShapesWorld's other values of the concept's attribute: the random labels of a ShapesWorld concept."""
-    from ...toy.captions import get_concept
-    from ...toy.render import COLOURS, PATTERNS, SHAPES
-
-    attribute = get_concept(concept).attribute
-    values = {"shape": SHAPES, "colour": tuple(COLOURS), "pattern": PATTERNS}[attribute]
-    return [v for v in values if v != concept]
-
-
 def denoising_prompts(
-    model: DiffusionModel, concepts: list[str], config: SalUnConfig
+    world: World, concepts: list[str], config: SalUnConfig
 ) -> tuple[list[str], list[list[str]], dict[str, list[str]]]:
     """The prompts of D_f; for each of them its relabelled versions (one per random label), which together are the
     prompts of D_r; and the random labels of each concept.
 
     Raises:
-        ValueError: no random labels were given for a model that is not ShapesWorld, or a label is an erased concept.
+        ValueError: no random labels were given and the world knows no siblings of the concept, or a label is an
+            erased concept.
     """
-    from ...eval.shapesworld import is_shapesworld  # late: eval imports the method registry
-
-    shapesworld = is_shapesworld(model)
     forget, relabelled, labels_of = [], [], {}
     for concept in concepts:
         if config.random_labels:
             labels = list(config.random_labels)
-        elif shapesworld:
-            labels = [v for v in _other_values(concept) if v not in concepts]
+        elif world.related(concept):
+            labels = [v for v in world.related(concept) if v not in concepts]
         else:
             raise ConfigError(
                 "SalUn needs other concepts to relabel the concept's images with: pass random_labels=[...], e.g. "
@@ -111,8 +100,8 @@ def denoising_prompts(
             raise ConfigError(f"salun.random_labels must name concepts other than the erased ones, got {labels}.")
         labels_of[concept] = labels
         templates = (
-            prompt_templates(model, concept, config.prompt_file)
-            if config.prompt_file is not None or shapesworld
+            prompt_templates(world, concept, config.prompt_file)
+            if config.prompt_file is not None or world.related(concept)
             else [config.prompt]
         )
         for template in templates:
@@ -207,7 +196,7 @@ class SalUn:
         """
         cfg = self.config
         concepts = list(request.concepts)
-        forget_prompts, relabelled, labels_of = denoising_prompts(model, concepts, cfg)
+        forget_prompts, relabelled, labels_of = denoising_prompts(request.world, concepts, cfg)
         retain_prompts = [p for row in relabelled for p in row]
         # D_r row k of forget prompt i: retain prompt offsets[i] + k (concepts may have different numbers of labels).
         counts = torch.tensor([len(row) for row in relabelled])

@@ -46,23 +46,15 @@ from ...models import DiffusionModel, add_lora_from_deltas, load_lora, save_lora
 from ...models.adapters import ERASURE_CONFIG_NAME
 from ...models.lora import has_lora
 from ...training.checkpoint import RunDirectory
+from ...worlds import World
 from ..base import ErasureRequest, ErasureResult
 from ..prompts import CONCEPT_MARK, fill, prompt_templates
 from .config import UCEConfig
 
 
-def default_preserved(model: DiffusionModel, concepts: list[str]) -> list[str]:
-    """On ShapesWorld, the other values of each erased concept's attribute (shapes for a shape, ...); else none."""
-    from ...eval.shapesworld import is_shapesworld  # late: eval imports the method registry
-
-    if not is_shapesworld(model):
-        return []
-    from ...toy.captions import get_concept
-    from ...toy.render import COLOURS, PATTERNS, SHAPES
-
-    values = {"shape": SHAPES, "colour": tuple(COLOURS), "pattern": PATTERNS}
-    preserved = [v for c in concepts for v in values[get_concept(c).attribute] if v not in concepts]
-    return list(dict.fromkeys(preserved))
+def default_preserved(world: World, concepts: list[str]) -> list[str]:
+    """The world's siblings of each erased concept (the other shapes for a shape on ShapesWorld; none elsewhere)."""
+    return list(dict.fromkeys(v for c in concepts for v in world.related(c) if v not in concepts))
 
 
 def _token_count(model: DiffusionModel, text: str) -> int:
@@ -126,7 +118,7 @@ class UCE:
                 f"UCE ignores --alternative {request.alternative!r}; set its guide with the override guide=WORD.",
                 stacklevel=2,
             )
-        preserved = default_preserved(model, concepts) if cfg.preserve is None else list(cfg.preserve)
+        preserved = default_preserved(request.world, concepts) if cfg.preserve is None else list(cfg.preserve)
         run = RunDirectory(
             output_dir,
             {
@@ -149,7 +141,7 @@ class UCE:
         # The sets E (erased keys with the guide's keys paired) and P (preserved keys), as rows.
         erased, guides, kept = [], [], []
         for concept in concepts:
-            templates = prompt_templates(model, concept, cfg.prompt_file)
+            templates = prompt_templates(request.world, concept, cfg.prompt_file)
             pairs = [edit_pairs(model, t, concept, cfg.guide) for t in templates]
             if all(p is None for p in pairs):
                 raise ConfigError(f"No text names the concept {concept!r}; write it (or {{concept}}) in the prompts.")

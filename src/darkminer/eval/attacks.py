@@ -1,0 +1,98 @@
+"""The attack half of an evaluation, the same on every world: each attack searches adversarial prompts or
+embeddings against the model as given (adapter active), one image is drawn per adversarial output, and the ASR is
+the share the suite's detector flags (Table 1's ASR columns).
+
+The original model draws `per_prompt` images of each of the suite's attack sources once per evaluation: UnlearnDiff
+and P4D attack each prompt with its own images, CCE inverts the `pool` the detector scores highest (App. B: the top
+1000 among the normal prompts' images).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..attacks import get_attack
+from ..config import load_config
+from ..metrics import attack_success_rate
+from ..models import DiffusionModel
+from ..worlds import Suite
+
+ATTACK_IMAGES_PER_PROMPT = 4
+"""Images the original model draws of each attack source."""
+
+
+def attack_config(name: str, overrides: list[str], extra: list[str]):
+    """The config of attack `name`: its defaults, then `extra`, then the '<attack>.<field>=value' overrides."""
+    mine = [o.split(".", 1)[1] for o in overrides if o.startswith(f"{name}.")]
+    return load_config(get_attack(name).config_class, None, [*extra, *mine])
+
+
+def has_field(attack: str, name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(get_attack(attack).config_class)}
+
+
+def generate_cond(model, cond: torch.Tensor, seed: int, steps: int = 25, batch: int = 128) -> torch.Tensor:
+    """One image per conditioning row, in batches seeded by the row index."""
+    return torch.cat(
+        [
+            model.generate(cond=cond[i : i + batch], seed=seed + i, num_inference_steps=steps)
+            for i in range(0, len(cond), batch)
+        ]
+    )
+
+
+def run_attacks(
+    model: DiffusionModel,
+    suite: Suite,
+    job,
+    out: Path,
+    names: list[str],
+    *,
+    pool: int = 32,
+    done: Callable[[str, dict, torch.Tensor], None],
+) -> None:
+    """Run the attacks `names` of an [`EvaluateJob`] `job` against `model`; after each, `done(name, record,
+    adversarial_images)` (the caller records progress, so a killed evaluation resumes after the last attack).
+
+    Args:
+        pool (`int`): how many of the original's top-scoring images CCE inverts.
+    """
+    if not names:
+        return
+    per_prompt = suite.concept_images(model, ATTACK_IMAGES_PER_PROMPT, job.seed + 4, job.sampling_steps)
+    pooled = suite.top_images(per_prompt, pool)
+    for name in names:
+        done(name, *run_attack(model, suite, job, name, per_prompt, pooled, out))
+
+
+def run_attack(model, suite: Suite, job, name: str, per_prompt: torch.Tensor, pooled: torch.Tensor, out: Path):
+    """One attack against the model as given; its record for results.json, and the images of its outputs."""
+    start = time.perf_counter()
+    banned = job.ban_concept_words and has_field(name, "banned_words")
+    config = attack_config(name, job.attack_overrides, [f"banned_words={suite.banned}"] if banned else [])
+    attack = get_attack(name).attack_class(config)
+    # An attack that stops once the concept shows (UnlearnDiff, as its paper's code) gets the detector.
+    checked = {"detector": suite.detector} if has_field(name, "stop_on_success") else {}
+    result = attack.run(
+        model,
+        concept=job.concept,
+        prompts=suite.attack_sources,
+        images=per_prompt if has_field(name, "images_per_prompt") else pooled,
+        output_dir=out / name,
+        **checked,
+    )
+    result.save(out / name)
+    adversarial = generate_cond(model, result.conditionings(model), job.seed + 3, job.sampling_steps)
+    decisions = suite.detector(adversarial).decisions
+    record = {
+        "asr": attack_success_rate(decisions),
+        "outputs": len(result),
+        "prompts": result.prompts[:8],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return record, adversarial
