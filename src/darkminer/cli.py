@@ -278,6 +278,14 @@ def _add_evaluate(sub) -> None:
         p.add_argument("--concept-kind", choices=["object", "style"], help="Real models: a concept outside I2P.")
         p.add_argument("--reference-images", type=Path, help="Real models: reference images for FID.")
         p.add_argument("--max-prompts", type=int, help="Use only the first N normal prompts.")
+        p.add_argument(
+            "--attack-prompts", type=int, default=100, help="Real models: prompts P4D/UnlearnDiff start from (100)."
+        )
+        p.add_argument(
+            "--attack-pool",
+            type=int,
+            help="CCE's inversion images, the detector's top N (real: 1000; ShapesWorld: 32).",
+        )
         p.add_argument("--show-unsafe", action="store_true", help="Do not pixelate flagged images in the report.")
         if name == "evaluate":
             p.add_argument("--attacks", nargs="*", default=[], help="Attacks to run (see `darkminer attacks`).")
@@ -312,6 +320,8 @@ def _run_evaluate(args) -> int:
         concept_kind=args.concept_kind,
         max_prompts=args.max_prompts,
         show_unsafe=args.show_unsafe,
+        attack_prompts=args.attack_prompts,
+        attack_pool=args.attack_pool,
     )
     results = evaluate(job)
     if job.prompts is not None:
@@ -319,7 +329,7 @@ def _run_evaluate(args) -> int:
 
         if not Workers().main:
             return 0
-        shown = {k: results[k] for k in ("ratio", "score", "clip_score", "fid")}
+        shown = {k: results[k] for k in ("ratio", "score", "clip_score", "fid", "asr")}
         print(shown)
     else:
         print(table_row(results))

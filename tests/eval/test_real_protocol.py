@@ -152,3 +152,79 @@ def test_two_processes_give_the_figures_of_one(files, tmp_path: Path) -> None:
     for key in ("ratio", "score", "clip_score"):
         assert one[key] == two[key], key
     assert [p["scores"] for p in one["per_prompt"]] == [p["scores"] for p in two["per_prompt"]]
+
+
+def test_evaluate_runs_every_attack_and_fid_on_a_real_model(files, tmp_path: Path) -> None:
+    """The four attacks start from the protocol's prompts; FID compares the caption images with reference images."""
+    from PIL import Image
+
+    references = tmp_path / "references"
+    references.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (40 * i, 200 - 50 * i, 90)).save(references / f"ref_{i}.png")
+    out = tmp_path / "attacked"
+    tiny = [
+        "--attacks",
+        "cce",
+        "p4d",
+        "unlearn_diff",
+        "ring_a_bell",
+        "--reference-images",
+        str(references),
+        "--attack-prompts",
+        "1",
+        "--attack-pool",
+        "3",
+        "cce.steps=2",
+        "p4d.steps=2",
+        "unlearn_diff.steps=2",
+        "unlearn_diff.generate_steps=2",
+        "ring_a_bell.generations=2",
+        "ring_a_bell.population=8",
+    ]
+    assert main(_evaluate(files, out, *tiny)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["asr"]) == {"cce", "p4d", "unlearn_diff", "ring_a_bell"}
+    assert all(0 <= value <= 1 for value in results["asr"].values())
+    assert results["protocol"]["attack_prompts"] == 1 and "top 3" in results["protocol"]["attack_images"]
+    assert results["fid"] is not None and results["fid"] >= 0 and results["protocol"]["reference_images"]
+    assert results["attacks"]["p4d"]["prompts"] and (out / "cce").is_dir()
+    report = (out / "report.md").read_text()
+    assert "ASR cce %" in report and "(grid_cce.png)" in report and (out / "grid_cce.png").is_file()
+    assert "<img src='data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_attack_command_on_a_real_model(files, tmp_path: Path) -> None:
+    out = tmp_path / "ring"
+    command = _evaluate(files, out, "ring_a_bell.generations=2", "ring_a_bell.population=8")
+    command[0:1] = ["attack", "--attack", "ring_a_bell"]
+    assert main(command) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["asr"]) == {"ring_a_bell"} and results["ratio"] is None and results["per_prompt"] == []
+
+
+def test_reference_images_must_exist(files, tmp_path: Path, capsys) -> None:
+    assert main(_evaluate(files, tmp_path / "ev", "--reference-images", str(tmp_path / "absent"))) == 2
+    assert "--reference-images" in capsys.readouterr().err and not (tmp_path / "ev").exists()
+
+
+def test_accelerate_launch_gives_the_figures_of_one_process(files, tmp_path: Path) -> None:
+    """`accelerate launch --cpu --num_processes 2` (one process on CPU: accelerate's simple launcher) writes the
+    figures that a plain run writes."""
+    pytest.importorskip("accelerate")
+    assert main(_evaluate(files, tmp_path / "one")) == 0
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "-m", "darkminer"]
+    done = subprocess.run([*launcher, *_evaluate(files, tmp_path / "two")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    for key in ("ratio", "score", "clip_score"):
+        assert one[key] == two[key], key
+
+
+def test_protocol_flags_without_prompts_are_refused(files, tmp_path: Path, capsys) -> None:
+    command = _evaluate(files, tmp_path / "ev")
+    at = command.index("--prompts")
+    del command[at : at + 2]
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "--captions, --clip belong to a real model's protocol and need --prompts FILE" in error

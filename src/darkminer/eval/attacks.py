@@ -64,8 +64,7 @@ def run_attacks(
     """
     if not names:
         return
-    per_prompt = suite.concept_images(model, ATTACK_IMAGES_PER_PROMPT, job.seed + 4, job.sampling_steps)
-    pooled = suite.top_images(per_prompt, pool)
+    per_prompt, pooled = suite.attack_images(model, ATTACK_IMAGES_PER_PROMPT, pool, job.seed + 4, job.sampling_steps)
     for name in names:
         done(name, *run_attack(model, suite, job, name, per_prompt, pooled, out))
 

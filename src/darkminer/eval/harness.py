@@ -36,6 +36,11 @@ from ..worlds import ShapesWorldSuite, world_for
 from .attacks import run_attacks
 from .report import table_lines
 
+PROTOCOL_ONLY = ("captions", "clip", "q16", "classes", "concept_kind", "reference_images")
+"""Job fields that only a protocol from files (`prompts`) reads."""
+SHAPESWORLD_ATTACK_POOL = 32
+"""CCE's inversion images on ShapesWorld: the top 32 of its training prompts' 80 attack images."""
+
 
 @dataclass(kw_only=True)
 class EvaluateJob(ModelSource):
@@ -72,6 +77,18 @@ class EvaluateJob(ModelSource):
     reference_images: str | None = field(default=None, metadata={"help": "Reference images for FID."})
     max_prompts: int | None = field(default=None, metadata={"min": 1, "help": "Use only the first N prompts."})
     show_unsafe: bool = field(default=False, metadata={"help": "Do not pixelate flagged images in report grids."})
+    attack_prompts: int = field(
+        default=100,
+        metadata={"min": 1, "help": "Real models: normal prompts P4D and UnlearnDiff start from (paper: 100)."},
+    )
+    attack_pool: int | None = field(
+        default=None,
+        metadata={
+            "min": 1,
+            "help": "Original's images CCE inverts, the detector's top N (default: 1000 as App. B on real models; "
+            "32 on ShapesWorld).",
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,6 +96,14 @@ class EvaluateJob(ModelSource):
             raise ConfigError(f"images_per_prompt must be >= 1, got {self.images_per_prompt}.")
         for name in self.attacks:
             get_attack(name)
+        if self.prompts is None:
+            given = [name for name in PROTOCOL_ONLY if getattr(self, name) is not None]
+            if given:
+                flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                raise ConfigError(
+                    f"{flags} belong to a real model's protocol and need --prompts FILE; ShapesWorld brings its own "
+                    "prompts, classifier and references."
+                )
 
 
 PROGRESS_NAME = "progress.json"
@@ -137,7 +162,7 @@ def evaluate(job: EvaluateJob) -> dict:
             checkpoint()
 
         pending = [name for name in job.attacks if name not in progress["attacks"]]
-        run_attacks(model, suite, job, out, pending, done=attacked)
+        run_attacks(model, suite, job, out, pending, pool=job.attack_pool or SHAPESWORLD_ATTACK_POOL, done=attacked)
         results = {
             "job": dataclasses.asdict(job),
             "runtime": model.runtime(),

@@ -1,10 +1,17 @@
-"""`darkminer evaluate` on a real model: the paper's Table-1 figures under a named protocol (`darkminer.protocols`).
+"""`darkminer evaluate` / `darkminer attack` on a real model: the paper's Table-1 row under a named protocol
+(`darkminer.protocols`).
 
-Ratio and Score of the concept on the protocol's normal prompts (each drawn with its own seed and guidance, so the
-figures do not depend on how prompts are shared among processes), and CLIP-score on the preservation captions with
-the user's CLIP. Under `torchrun` (or `accelerate launch --multi_gpu`) the prompts and captions are sharded over the
-processes and gathered on rank 0, which writes `results.json` (top-level `ratio`, `score`, `clip_score`, `fid`,
-`asr`, `protocol`) and a report whose grid pixelates the images the detector flags.
+- Ratio and Score of the concept on the protocol's normal prompts, each drawn with its own seed and guidance, so
+  that the figures do not depend on how prompts are shared among processes.
+- CLIP-score on the preservation captions with the user's CLIP, and FID of those images against
+  `--reference-images` (the Inception network of TF FID, [`~darkminer.metrics.InceptionFeatures`]).
+- ASR of each attack ([`~darkminer.eval.attacks.run_attacks`]): P4D and UnlearnDiff start from the first
+  `attack_prompts` normal prompts, CCE inverts the `attack_pool` images of the original model the detector scores
+  highest (App. B: 100 prompts, 1000 images).
+
+Under `torchrun` (or `accelerate launch`) the prompts and captions are sharded over the processes and gathered on
+rank 0, which runs the attacks and writes `results.json` (top-level `ratio`, `score`, `clip_score`, `fid`, `asr`,
+`protocol`) and a report whose grids pixelate the images the detector flags.
 """
 
 from __future__ import annotations
@@ -20,16 +27,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import write_json
-from ..metrics import clip_score, erasure_figures
+from ..metrics import clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import encode_images, encode_texts
 from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
 from ..protocols import ProtocolFiles, build_protocol
 from ..training.checkpoint import locked_directory
 from ..utils.distributed import Workers
-from ..utils.images import labelled_grid
+from ..utils.images import labelled_grid, load_image_folder
+from .attacks import ATTACK_IMAGES_PER_PROMPT, run_attacks
 from .report import markdown_lines_to_html
 
+PAPER_ATTACK_POOL = 1000
+"""CCE's inversion images in the paper's evaluation (App. B)."""
 GRID_PROMPTS = 16
 """Normal prompts whose first image is shown in the report's grid."""
 
@@ -40,18 +50,18 @@ def pixelate(images: torch.Tensor, cells: int = 8) -> torch.Tensor:
     return F.interpolate(F.interpolate(images, size=(cells, cells), mode="area"), size=size, mode="nearest")
 
 
+def _thumbnails(images: torch.Tensor) -> torch.Tensor:
+    return (images.cpu() * 255).round().to(torch.uint8)
+
+
 def evaluate_protocol(job) -> dict:
     """Run an [`EvaluateJob`] whose concept is judged by a protocol from files; returns the results (on every
     process; rank 0 writes them)."""
-    if job.attacks:
-        raise NotImplementedError(
-            "Attacks against a real model from prompt files are not wired into `evaluate` yet; run it without "
-            "--attacks (the attacks run on real models through the Python API, darkminer.attacks)."
-        )
-    if job.reference_images:
-        raise NotImplementedError("FID against --reference-images is not implemented yet; omit the flag (fid: null).")
     files = ProtocolFiles(job.prompts, job.captions, job.clip, job.q16, job.classes, job.concept_kind)
-    protocol = build_protocol(job.concept, files, seed=job.seed, max_prompts=job.max_prompts)
+    protocol = build_protocol(
+        job.concept, files, seed=job.seed, max_prompts=job.max_prompts, attack_prompts=job.attack_prompts
+    )
+    reference = load_image_folder(job.reference_images, 299, "--reference-images") if job.reference_images else None
     workers = Workers()
     source = job.source_fields()
     if workers.device is not None and job.device == "auto":
@@ -63,58 +73,50 @@ def evaluate_protocol(job) -> dict:
         protocol.detector.to(model.device)
     start = time.perf_counter()
 
-    rows = []
-    mine = workers.shard(len(protocol.prompts))
-    for index in tqdm(mine, desc="normal prompts", disable=not workers.main, mininterval=2):
-        prompt = protocol.prompts[index]
-        images = model.generate(
-            prompt.text,
-            num_images_per_prompt=job.images_per_prompt,
-            seed=prompt.seed,
-            guidance_scale=prompt.guidance,
-            num_inference_steps=job.sampling_steps,
-        )
-        verdict = protocol.detector(images)
-        rows.append(
-            {
-                "index": index,
-                "scores": verdict.scores.tolist(),
-                "decisions": [bool(d) for d in verdict.decisions.tolist()],
-                "thumbnail": (images[:1].cpu() * 255).round().to(torch.uint8) if index < GRID_PROMPTS else None,
-            }
-        )
-    rows = sorted(workers.gather(rows), key=lambda row: row["index"])
+    rows = _normal_rows(model, protocol, job, workers) if job.erase_metrics else []
+    scored = _caption_rows(model, protocol, job, workers, reference is not None) if job.erase_metrics else []
+    figures = {"ratio": None, "score": None, "clip_score": None, "fid": None}
+    if rows:
+        scores = torch.tensor([s for row in rows for s in row["scores"]])
+        decisions = torch.tensor([d for row in rows for d in row["decisions"]])
+        found = erasure_figures(scores, decisions, protocol.detector.kind)
+        # Rounded to 4 decimals: a CPU's thread count moves the last float bits of the images, not these figures.
+        figures["ratio"], figures["score"] = round(found["ratio"], 4), round(found["score"], 4)
+    if scored and protocol.captions:
+        figures["clip_score"] = round(sum(r["clip_score"] for r in scored) / len(scored), 4)
+    if scored and reference is not None:
+        from ..metrics import InceptionFeatures
 
-    scored = []
-    if protocol.captions:
-        from ..metrics.detectors import _load_clip
+        inception = InceptionFeatures().to(model.device)
+        generated = torch.cat([row["features"] for row in scored])
+        figures["fid"] = round(fid_from_features(generated, inception.features(reference)), 2)
 
-        clip, tokenizer, preprocess, _ = _load_clip(job.clip, "CLIP-score")
-        clip = clip.to(model.device)
-        for index in tqdm(workers.shard(len(protocol.captions)), desc="captions", disable=not workers.main):
-            caption = protocol.captions[index]
-            image = model.generate(caption, seed=job.seed + index, num_inference_steps=job.sampling_steps)
-            value = clip_score(encode_images(clip, preprocess, image), encode_texts(clip, tokenizer, [caption]))
-            scored.append({"index": index, "clip_score": value})
-        scored = sorted(workers.gather(scored), key=lambda row: row["index"])
+    attacks, attack_grids, pool = {}, [], job.attack_pool or PAPER_ATTACK_POOL
+    if job.attacks and workers.main:
+        with locked_directory(job.output_dir) as out:
 
-    scores = torch.tensor([s for row in rows for s in row["scores"]])
-    decisions = torch.tensor([d for row in rows for d in row["decisions"]])
-    figures = erasure_figures(scores, decisions, protocol.detector.kind)
-    # Rounded to 4 decimals: a CPU's thread count moves the last float bits of the images, not these figures.
+            def attacked(name: str, record: dict, adversarial: torch.Tensor) -> None:
+                attacks[name] = record
+                flagged = protocol.detector(adversarial[:GRID_PROMPTS]).decisions
+                attack_grids.append((f"attack {name}", _thumbnails(adversarial[:GRID_PROMPTS]), flagged))
+
+            run_attacks(
+                model, protocol, job, out, job.attacks, pool=job.attack_pool or PAPER_ATTACK_POOL, done=attacked
+            )
     results = {
-        "ratio": round(figures["ratio"], 4),
-        "score": round(figures["score"], 4),
-        "clip_score": round(sum(r["clip_score"] for r in scored) / len(scored), 4) if scored else None,
-        "fid": None,
-        "asr": {},
+        **figures,
+        "asr": {name: record["asr"] for name, record in attacks.items()},
         "protocol": {
             **protocol.record,
             "images_per_prompt": job.images_per_prompt,
             "sampling_steps": job.sampling_steps,
             "caption_seeds": f"{job.seed} + caption index",
+            "reference_images": job.reference_images,
+            "attack_prompts": len(protocol.attack_sources),
+            "attack_images": f"{ATTACK_IMAGES_PER_PROMPT} per normal prompt (row seeds); CCE: top {pool}",
             "processes": workers.world,
         },
+        "attacks": attacks,
         "job": dataclasses.asdict(job),
         "runtime": model.runtime(),
         "per_prompt": [
@@ -132,29 +134,91 @@ def evaluate_protocol(job) -> dict:
     if workers.main:
         with locked_directory(job.output_dir) as out:
             (out / "results.json").unlink(missing_ok=True)
-            _write_report(out, job, results, rows, protocol)
+            _write_report(out, job, results, rows, attack_grids, protocol)
             write_json(out / "results.json", results)
     workers.wait()
     return results
 
 
-def _write_report(out: Path, job, results: dict, rows: list[dict], protocol) -> None:
-    shown = [row for row in rows if row["thumbnail"] is not None]
+def _normal_rows(model, protocol, job, workers: Workers) -> list[dict]:
+    """This process's share of the normal prompts, each judged, gathered from every process in prompt order."""
+    rows = []
+    for index in tqdm(workers.shard(len(protocol.prompts)), desc="normal prompts", disable=not workers.main):
+        prompt = protocol.prompts[index]
+        images = model.generate(
+            prompt.text,
+            num_images_per_prompt=job.images_per_prompt,
+            seed=prompt.seed,
+            guidance_scale=prompt.guidance,
+            num_inference_steps=job.sampling_steps,
+        )
+        verdict = protocol.detector(images)
+        rows.append(
+            {
+                "index": index,
+                "scores": verdict.scores.tolist(),
+                "decisions": [bool(d) for d in verdict.decisions.tolist()],
+                "thumbnail": _thumbnails(images[:1]) if index < GRID_PROMPTS else None,
+            }
+        )
+    return sorted(workers.gather(rows), key=lambda row: row["index"])
+
+
+def _caption_rows(model, protocol, job, workers: Workers, with_features: bool) -> list[dict]:
+    """One image per caption (seed + index): its CLIP-score, and its Inception features when FID is asked for."""
+    if not protocol.captions:
+        return []
+    from ..metrics import InceptionFeatures
+    from ..metrics.detectors import _load_clip
+
+    clip, tokenizer, preprocess, _ = _load_clip(job.clip, "CLIP-score")
+    clip = clip.to(model.device)
+    inception = InceptionFeatures().to(model.device) if with_features else None
+    scored = []
+    for index in tqdm(workers.shard(len(protocol.captions)), desc="captions", disable=not workers.main):
+        caption = protocol.captions[index]
+        image = model.generate(caption, seed=job.seed + index, num_inference_steps=job.sampling_steps)
+        row = {
+            "index": index,
+            "clip_score": clip_score(encode_images(clip, preprocess, image), encode_texts(clip, tokenizer, [caption])),
+        }
+        if inception is not None:
+            row["features"] = inception.features(image)
+        scored.append(row)
+    return sorted(workers.gather(scored), key=lambda row: row["index"])
+
+
+def _grid(out: Path, name: str, caption: str, images: torch.Tensor, flagged: torch.Tensor, show: bool) -> list[str]:
+    """Save a grid (flagged images pixelated unless `show`); its Markdown lines."""
+    images = images.float() / 255
+    if not show and bool(flagged.any()):
+        images[flagged] = pixelate(images[flagged])
+        caption += " (flagged images pixelated)"
+    scale = max(1, 128 // images.shape[-1])
+    labelled_grid([(caption, images)], scale=scale, label_width=240).save(out / name)
+    return [f"### {caption}", "", f"![{caption}]({name})", ""]
+
+
+def _write_report(out: Path, job, results: dict, rows: list[dict], attack_grids: list, protocol) -> None:
     grid_lines = []
+    shown = [row for row in rows if row["thumbnail"] is not None]
     if shown:
-        images = torch.cat([row["thumbnail"] for row in shown]).float() / 255
+        images = torch.cat([row["thumbnail"] for row in shown])
         flagged = torch.tensor([row["decisions"][0] for row in shown])
-        if not job.show_unsafe and bool(flagged.any()):
-            images[flagged] = pixelate(images[flagged])
-        scale = max(1, 128 // images.shape[-1])
-        caption = "first image of each prompt" + ("" if job.show_unsafe else " (flagged images pixelated)")
-        labelled_grid([(caption, images)], scale=scale, label_width=240).save(out / "grid.png")
-        grid_lines = [f"### {caption}", "", "![grid](grid.png)", ""]
+        grid_lines += _grid(out, "grid.png", "first image of each prompt", images, flagged, job.show_unsafe)
+    for caption, images, flagged in attack_grids:
+        name = f"grid_{caption.split()[-1]}.png"
+        grid_lines += _grid(out, name, caption, images, flagged, job.show_unsafe)
+
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
     figure = {
-        "Ratio %": f"{100 * results['ratio']:.1f}",
-        "Score %": f"{100 * results['score']:.1f}",
+        "Ratio %": percent(results["ratio"]),
+        "Score %": percent(results["score"]),
         "CLIP": "n/a" if results["clip_score"] is None else f"{results['clip_score']:.2f}",
-        "FID": "n/a",
+        "FID": "n/a" if results["fid"] is None else f"{results['fid']:.2f}",
+        **{f"ASR {name} %": percent(value) for name, value in results["asr"].items()},
     }
     detector = results["protocol"]["detector"]
     lines = [
@@ -170,22 +234,28 @@ def _write_report(out: Path, job, results: dict, rows: list[dict], protocol) -> 
         f"{job.sampling_steps} steps; detector `{detector.get('name')}` ({detector.get('decision', '')}).",
         "",
         *grid_lines,
-        "## Per prompt",
-        "",
-        "| prompt | seed | guidance | flagged | max score |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {p['prompt'][:80].replace('|', '/')} | {p['seed']} | {p['guidance']} | {p['flagged']} | "
-            f"{max(p['scores']):.3f} |"
-            for p in results["per_prompt"]
-        ),
-        "",
     ]
+    if results["per_prompt"]:
+        lines += [
+            "## Per prompt",
+            "",
+            "| prompt | seed | guidance | flagged | max score |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {p['prompt'][:80].replace('|', '/')} | {p['seed']} | {p['guidance']} | {p['flagged']} | "
+                f"{max(p['scores']):.3f} |"
+                for p in results["per_prompt"]
+            ),
+            "",
+        ]
     (out / "report.md").write_text("\n".join(lines))
     body = [markdown_lines_to_html([line for line in lines if not line.startswith(("#", "!["))])]
-    if grid_lines:
-        data = base64.b64encode((out / "grid.png").read_bytes()).decode()
-        body.append(f"<h3>{html.escape(grid_lines[0][4:])}</h3><img src='data:image/png;base64,{data}'/>")
+    for line in grid_lines:
+        if line.startswith("!["):
+            name = line[line.index("](") + 2 : -1]
+            data = base64.b64encode((out / name).read_bytes()).decode()
+            caption = html.escape(line[2 : line.index("](")])
+            body.append(f"<h3>{caption}</h3><img src='data:image/png;base64,{data}'/>")
     title = html.escape(lines[0][2:])
     (out / "report.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>body{{font-family:sans-serif;"

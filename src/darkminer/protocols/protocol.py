@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from ..config import ConfigError
+from ..models import DiffusionModel, disable_lora
+from ..worlds import Suite
 from .files import read_captions, read_i2p_prompts
 
 I2P_CATEGORIES = ("sexual", "violence", "hate", "harassment", "self-harm", "shocking", "illegal activity")
@@ -49,14 +54,38 @@ class ProtocolFiles:
 
 
 @dataclass
-class EvaluationProtocol:
-    """A concept on a real model: what to prompt, what judges the images, and the record that pins both."""
+class EvaluationProtocol(Suite):
+    """A concept on a real model: what to prompt, what judges the images, and the record that pins both.
 
-    name: str
-    prompts: list[NormalPrompt]
-    captions: list[str]
-    detector: Any
-    record: dict[str, Any]
+    As a [`Suite`], its normal prompts are the prompt file's, its attack sources the first `attack_prompts` of them
+    (P4D and UnlearnDiff start from 100 in the paper), and CCE inverts the detector's top-scoring images among the
+    original model's images of every normal prompt (App. B: the top 1000).
+    """
+
+    name: str = ""
+    prompts: list[NormalPrompt] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def attack_images(
+        self, model: DiffusionModel, per_prompt: int, pool: int, seed: int, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The original model draws `per_prompt` images of every normal prompt, each with its row's seed and
+        guidance; the attack sources' own images, and the `pool` the detector scores highest."""
+        images = []
+        with disable_lora(model.unet):
+            for prompt in tqdm(self.prompts, desc="original: attack images", mininterval=2):
+                images.append(
+                    model.generate(
+                        prompt.text,
+                        num_images_per_prompt=per_prompt,
+                        seed=prompt.seed + seed,
+                        guidance_scale=prompt.guidance,
+                        num_inference_steps=steps,
+                    )
+                )
+        own = torch.cat(images[: len(self.attack_sources)])
+        return own, self.top_images(torch.cat(images), pool)
 
 
 def _sha256(path: str | Path) -> str:
@@ -79,8 +108,16 @@ def _need(value: str | None, flag: str, why: str) -> str:
     return value
 
 
-def build_protocol(concept: str, files: ProtocolFiles, *, seed: int = 0, max_prompts: int | None = None):
-    """Resolve the protocol of `concept` from `files`, checking every file before any model is loaded.
+def build_protocol(
+    concept: str,
+    files: ProtocolFiles,
+    *,
+    seed: int = 0,
+    max_prompts: int | None = None,
+    attack_prompts: int = 100,
+):
+    """Resolve the protocol of `concept` from `files`, checking every file before any model is loaded; the attacks
+    start from the first `attack_prompts` normal prompts.
 
     Returns:
         [`EvaluationProtocol`].
@@ -137,4 +174,15 @@ def build_protocol(concept: str, files: ProtocolFiles, *, seed: int = 0, max_pro
         "detector": detector.metadata(),
         "seeds_and_guidance": "per row of the prompts file" if category or path.suffix == ".csv" else "seed + index",
     }
-    return EvaluationProtocol(concept, prompts, captions, detector, record)
+    texts = [p.text for p in prompts]
+    return EvaluationProtocol(
+        concept=concept,
+        detector=detector,
+        normal=texts,
+        attack_sources=texts[:attack_prompts],
+        banned=[concept],
+        name=concept,
+        prompts=prompts,
+        captions=captions,
+        record=record,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -23,7 +24,9 @@ class Workers:
         self.rank = int(os.environ.get("RANK", "0")) if self.world > 1 else 0
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            # Rank 0 runs the attacks alone while the others wait at a barrier: hours on a real model.
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend, timeout=timedelta(hours=24))
 
     @property
     def main(self) -> bool:

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from ..config import ConfigError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -63,3 +67,27 @@ def save_images(images: torch.Tensor, directory: str | Path, prefix: str = "") -
         to_pil(image).save(path)
         paths.append(path)
     return paths
+
+
+def load_image_folder(directory: str | Path, size: int, flag: str = "image folder") -> torch.Tensor:
+    """Every image in `directory` in file-name order, resized to `size` x `size`, as (N, 3, size, size) in [0, 1]
+    (a Dark Miner pool, FID's reference images). `flag` names the option in errors.
+
+    Raises:
+        FileNotFoundError: the directory does not exist.
+        [`ConfigError`]: it holds no image, or an image cannot be read (the file is named).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{flag} {directory} does not exist.")
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"{flag} {directory} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise ConfigError(f"Cannot read {flag} file {path}: {err}") from err
+    return from_pil(images, size)

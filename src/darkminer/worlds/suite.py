@@ -29,13 +29,16 @@ class Suite:
     attack_sources: list[str]
     banned: list[str]
 
-    def concept_images(self, model: DiffusionModel, per_prompt: int, seed: int, steps: int = 25) -> torch.Tensor:
-        """The original model's images of the attack sources, `per_prompt` each, in prompt order (the attack images
-        of UnlearnDiff and P4D: each prompt attacks with its own)."""
+    def attack_images(
+        self, model: DiffusionModel, per_prompt: int, pool: int, seed: int, steps: int = 25
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The original model's images for the attacks: `per_prompt` of each attack source in prompt order (UnlearnDiff
+        and P4D attack each prompt with its own), and the `pool` of them the detector scores highest (CCE's)."""
         from ..models.sampling import generate_batched
 
         with disable_lora(model.unet):
-            return generate_batched(model, self.attack_sources, per_prompt, seed, steps, desc="attack images")
+            images = generate_batched(model, self.attack_sources, per_prompt, seed, steps, desc="attack images")
+        return images, self.top_images(images, pool)
 
     def top_images(self, images: torch.Tensor, count: int) -> torch.Tensor:
         """The `count` images the detector scores highest (CCE's inversion data, App. B)."""

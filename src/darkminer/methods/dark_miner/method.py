@@ -39,9 +39,9 @@ from ...models import DiffusionModel, add_lora, attention_value_modules, disable
 from ...models.adapters import ERASURE_CONFIG_NAME
 from ...models.runtime import peak_memory_mb
 from ...training.checkpoint import LossRecorder, RunDirectory, load_tensors, save_tensors
+from ...utils.images import load_image_folder
 from ...worlds import World
 from ..base import ErasureRequest, ErasureResult
-from ..pool import load_image_pool
 from ..prompts import fill, prompt_templates
 from .config import DarkMinerConfig
 
@@ -146,7 +146,7 @@ class DarkMiner:
             return load_tensors(path)["latents"]
         cfg = self.config
         if cfg.pool.image_dir is not None:
-            images = load_image_pool(cfg.pool.image_dir, model.vae.config.sample_size)
+            images = load_image_folder(cfg.pool.image_dir, model.vae.config.sample_size, "pool.image_dir")
         else:
             prompts = self._pool_prompts(model, concept)
             generator = torch.Generator().manual_seed(cfg.seed * 7919 + index)
