@@ -15,8 +15,8 @@ import argparse
 
 import torch
 
+from darkminer.commands.demo import preset_path
 from darkminer.config import load_config
-from darkminer.demo import preset_path
 from darkminer.methods.dark_miner import DarkMinerConfig
 from darkminer.methods.dark_miner.method import DarkMiner
 from darkminer.models import load_model

@@ -7,8 +7,8 @@ overrides, then print the erased model's figures (2 images per prompt), as the b
 import sys
 import time
 
-from darkminer.demo import preset_path
-from darkminer.erase import EraseJob, run_erase
+from darkminer.commands.demo import preset_path
+from darkminer.commands.erase import EraseJob, run_erase
 from darkminer.eval.shapesworld import erasure_table
 from darkminer.toy.judge import ShapesJudge, load_classifier
 

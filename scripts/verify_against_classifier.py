@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from darkminer.commands.demo import preset_path
 from darkminer.config import load_config
-from darkminer.demo import preset_path
 from darkminer.eval.shapesworld import erasure_table
 from darkminer.methods.base import ErasureRequest
 from darkminer.methods.dark_miner import DarkMiner, DarkMinerConfig

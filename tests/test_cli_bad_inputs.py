@@ -140,6 +140,7 @@ def test_same_model_spelled_differently_is_one_base_model(tmp_path: Path, monkey
 
     tiny_model_dir(tmp_path / "sd")
     monkeypatch.chdir(tmp_path)
+
     def erase(spec: str) -> list[str]:
         argv = ["erase", "--model", spec, "--method", "esd", "--concept", "cat", "--output-dir", "run", "--no-report"]
         return [*argv, *TINY_METHOD_OVERRIDES["esd"]]

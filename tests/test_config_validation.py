@@ -10,11 +10,11 @@ import typing
 import pytest
 
 from darkminer.attacks import list_attacks
+from darkminer.commands.bench import BenchConfig
+from darkminer.commands.erase import EraseJob
+from darkminer.commands.evaluate import EvaluateJob
+from darkminer.commands.generate import GenerateConfig
 from darkminer.config import ConfigError, check_fields, load_config
-from darkminer.erase import EraseJob
-from darkminer.eval.bench import BenchConfig
-from darkminer.eval.harness import EvaluateJob
-from darkminer.generate import GenerateConfig
 from darkminer.methods import list_methods
 
 JOBS = {

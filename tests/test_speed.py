@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from darkminer.cli import main
+from darkminer.commands.speed import SpeedConfig
 from darkminer.config import ConfigError
-from darkminer.speed import SpeedConfig
 
 
 def test_speed_writes_every_stage_with_its_floor(tmp_path: Path, capsys) -> None:

@@ -87,7 +87,7 @@ def _read_prompts(args) -> list[str]:
 
 
 def _run_generate(args) -> int:
-    from .generate import GenerateConfig, generate_to_dir
+    from .commands.generate import GenerateConfig, generate_to_dir
 
     config = GenerateConfig(
         **_source(args),
@@ -171,7 +171,7 @@ def _add_erase(sub) -> None:
 
 
 def _run_erase(args) -> int:
-    from .erase import EraseJob, run_erase
+    from .commands.erase import EraseJob, run_erase
     from .methods import get_method
 
     overrides = list(args.overrides)
@@ -214,7 +214,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from .demo import run_demo
+    from .commands.demo import run_demo
     from .models.runtime import ModelSource
 
     print(
@@ -298,7 +298,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .eval.harness import EvaluateJob, evaluate, table_row
+    from .commands.evaluate import EvaluateJob, evaluate, table_row
 
     attacks = args.attacks if args.command == "evaluate" else [args.attack]
     job = EvaluateJob(
@@ -364,7 +364,7 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> int:
-    from .eval.bench import BenchConfig, run_bench
+    from .commands.bench import BenchConfig, run_bench
 
     config = BenchConfig(
         **_source(args),
@@ -399,8 +399,8 @@ def _add_speed(sub) -> None:
 
 
 def _run_speed(args) -> int:
+    from .commands.speed import SpeedConfig, format_speed, measure_speed
     from .config import write_json
-    from .speed import SpeedConfig, format_speed, measure_speed
 
     source = _source(args)
     source["model"] = args.model or "shapesworld"

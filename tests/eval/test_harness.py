@@ -7,8 +7,8 @@ import json
 import pytest
 
 from darkminer.cli import main
-from darkminer.eval.bench import BenchConfig, run_bench
-from darkminer.eval.harness import EvaluateJob, evaluate
+from darkminer.commands.bench import BenchConfig, run_bench
+from darkminer.commands.evaluate import EvaluateJob, evaluate
 
 TINY_ATTACKS = [
     "cce.steps=3",
@@ -55,7 +55,8 @@ def test_evaluate_writes_a_table_row(quick_world, tmp_path):
 
 def test_killed_evaluation_resumes_its_finished_parts(quick_world, tmp_path, monkeypatch):
     """A failure in the second attack leaves no results.json; the re-run reuses the figures and the first attack."""
-    from darkminer.eval import attacks, harness
+    from darkminer.commands import evaluate as harness
+    from darkminer.eval import attacks
 
     out = tmp_path / "ev"
     (out).mkdir()

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from darkminer.cli import main
+from darkminer.commands.evaluate_protocol import pixelate
 from darkminer.config import ConfigError
-from darkminer.eval.real import pixelate
 from darkminer.protocols import ProtocolFiles, build_protocol, read_captions, read_i2p_prompts
 from darkminer.testing import tiny_clip_dir, tiny_model_dir
 

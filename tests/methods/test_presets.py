@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from darkminer.commands.bench import QUICK_METHOD_OVERRIDES
 from darkminer.config import load_config
-from darkminer.eval.bench import QUICK_METHOD_OVERRIDES
 from darkminer.methods import get_method
 from darkminer.toy.captions import get_concept
 

@@ -15,10 +15,10 @@ import torch
 
 from ..attacks import get_attack, list_attacks
 from ..config import ConfigError
-from ..erase import EraseJob, run_erase
 from ..methods import get_method, list_methods
 from ..models.runtime import ModelSource
-from .harness import EvaluateJob, evaluate, table_row
+from .erase import EraseJob, run_erase
+from .evaluate import EvaluateJob, evaluate, table_row
 
 # All but One needs a concept to turn each target into: a value of the same attribute.
 ALTERNATIVES = {
@@ -107,7 +107,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
     Raises:
         ValueError: the cell was finished with other evaluation settings (its results would not be comparable).
     """
-    from ..demo import preset_path
+    from .demo import preset_path
 
     cell_dir = Path(config.runs_dir) / ("quick" if config.quick else "full") / method / concept
     adapter = None if method == "original" else str(cell_dir / "run")

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import ConfigError, write_json
-from .models.adapters import apply_adapter
-from .models.runtime import ModelSource
-from .training.checkpoint import locked_directory
-from .utils.images import labelled_grid, to_pil
+from ..config import ConfigError, write_json
+from ..models.adapters import apply_adapter
+from ..models.runtime import ModelSource
+from ..training.checkpoint import locked_directory
+from ..utils.images import labelled_grid, to_pil
 
 
 @dataclass(kw_only=True)

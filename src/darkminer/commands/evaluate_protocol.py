@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import write_json
+from ..eval.attacks import ATTACK_IMAGES_PER_PROMPT, run_attacks
+from ..eval.report import markdown_lines_to_html
 from ..metrics import clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import encode_images, encode_texts
 from ..models.adapters import apply_adapter
@@ -35,8 +37,6 @@ from ..protocols import ProtocolFiles, build_protocol
 from ..training.checkpoint import locked_directory
 from ..utils.distributed import Workers
 from ..utils.images import labelled_grid, load_image_folder
-from .attacks import ATTACK_IMAGES_PER_PROMPT, run_attacks
-from .report import markdown_lines_to_html
 
 PAPER_ATTACK_POOL = 1000
 """CCE's inversion images in the paper's evaluation (App. B)."""

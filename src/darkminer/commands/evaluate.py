@@ -9,7 +9,8 @@
 - Attack: [`~darkminer.eval.attacks.run_attacks`], the same on every world.
 
 The prompts and the detector come from the model's world ([`~darkminer.worlds.ShapesWorld.suite`]); a real model is
-evaluated under a protocol built from the user's files instead (`--prompts`: [`~darkminer.eval.real`]).
+evaluated under a protocol built from the user's files instead (`--prompts`:
+[`~darkminer.commands.evaluate_protocol`]).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 
 from ..attacks import get_attack
 from ..config import ConfigError, write_json
+from ..eval.attacks import run_attacks
+from ..eval.report import table_lines
 from ..metrics import clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import image_features, text_features
 from ..models.adapters import apply_adapter
@@ -33,8 +36,6 @@ from ..models.sampling import generate_batched
 from ..training.checkpoint import locked_directory
 from ..utils.images import labelled_grid
 from ..worlds import ShapesWorldSuite, world_for
-from .attacks import run_attacks
-from .report import table_lines
 
 PROTOCOL_ONLY = ("captions", "clip", "q16", "classes", "concept_kind", "reference_images")
 """Job fields that only a protocol from files (`prompts`) reads."""
@@ -130,7 +131,7 @@ def evaluate(job: EvaluateJob) -> dict:
     attack), and re-running the same job resumes after the last of them.
     """
     if job.prompts is not None:
-        from .real import evaluate_protocol
+        from .evaluate_protocol import evaluate_protocol
 
         return evaluate_protocol(job)
     model = job.load()

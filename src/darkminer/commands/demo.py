@@ -11,15 +11,15 @@ import importlib.resources
 import time
 from pathlib import Path
 
-from .config import ConfigError
+from ..config import ConfigError
+from ..eval.report import table_lines
+from ..eval.shapesworld import alternative_rate, erasure_table
+from ..models import disable_lora
+from ..models.runtime import ModelSource
+from ..toy.captions import get_concept
+from ..toy.judge import ShapesJudge, load_classifier
+from ..worlds import ShapesWorld
 from .erase import EraseJob, run_erase, write_run_report
-from .eval.report import table_lines
-from .eval.shapesworld import alternative_rate, erasure_table
-from .models import disable_lora
-from .models.runtime import ModelSource
-from .toy.captions import get_concept
-from .toy.judge import ShapesJudge, load_classifier
-from .worlds import ShapesWorld
 
 
 def preset_path(method: str, concept: str) -> Path:

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ConfigError
-from .methods.dark_miner.config import DarkMinerConfig
-from .methods.dark_miner.method import DarkMiner, MinedEmbedding
-from .models import DiffusionModel, add_lora, attention_value_modules, disable_lora
-from .models.runtime import ModelSource, resolve_device, resolve_dtype
-from .testing import random_model
+from ..config import ConfigError
+from ..methods.dark_miner.config import DarkMinerConfig
+from ..methods.dark_miner.method import DarkMiner, MinedEmbedding
+from ..models import DiffusionModel, add_lora, attention_value_modules, disable_lora
+from ..models.runtime import ModelSource, resolve_device, resolve_dtype
+from ..testing import random_model
 
 ARCHITECTURES = ("tiny", "sd14", "sd21")
 

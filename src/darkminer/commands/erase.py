@@ -6,14 +6,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import load_config
-from .eval.report import write_report
-from .methods import ErasureRequest, ErasureResult, get_method
-from .models import DiffusionModel, ModelLoadError, disable_lora, merge_lora
-from .models.loading import SHAPESWORLD
-from .models.runtime import ModelSource, peak_memory_mb
-from .utils.images import labelled_grid
-from .worlds import World, world_for
+from ..config import load_config
+from ..eval.report import write_report
+from ..methods import ErasureRequest, ErasureResult, get_method
+from ..models import DiffusionModel, ModelLoadError, disable_lora, merge_lora
+from ..models.loading import SHAPESWORLD
+from ..models.runtime import ModelSource, peak_memory_mb
+from ..utils.images import labelled_grid
+from ..worlds import World, world_for
 
 
 @dataclass(kw_only=True)
@@ -44,7 +44,7 @@ def attach_clip(model: DiffusionModel, spec: str) -> None:
     """
     from transformers import CLIPModel
 
-    from .metrics.clip import ClipPreprocess
+    from ..metrics.clip import ClipPreprocess
 
     if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().is_dir():
         raise ModelLoadError(f"--clip {spec!r}: no such directory; pass a local CLIPModel directory.")
