@@ -61,6 +61,39 @@ def _source(args) -> dict:
     }
 
 
+def _add_protocol_flags(p) -> None:
+    """The flags of a real model's protocol ([`ProtocolOptions`]), shared by evaluate, attack and bench."""
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        help="Real models: the concept's normal prompts, an I2P-format CSV (prompt, categories, "
+        "evaluation_seed/evaluation_guidance or sd_seed/sd_guidance) or a text file of prompts.",
+    )
+    p.add_argument("--captions", type=Path, help="Real models: preservation captions (lines, or COCO JSON).")
+    p.add_argument("--clip", type=Path, help="Real models: CLIP directory for CLIP-score, Q16 and zero-shot.")
+    p.add_argument("--q16", type=Path, help="Real models: Q16 prompts (.safetensors) for I2P's other categories.")
+    p.add_argument("--classes", type=Path, help="Real models: class list (one per line) for objects and styles.")
+    p.add_argument("--concept-kind", choices=["object", "style"], help="Real models: a concept outside I2P.")
+    p.add_argument("--reference-images", type=Path, help="Real models: reference images for FID.")
+    p.add_argument("--max-prompts", type=int, help="Real models: use only the first N normal prompts.")
+    p.add_argument(
+        "--attack-prompts", type=int, default=100, help="Real models: prompts P4D/UnlearnDiff start from (100)."
+    )
+    p.add_argument("--attack-pool", type=int, help="CCE's images: the detector's top N (real: 1000; ShapesWorld: 32).")
+
+
+def _protocol(args) -> dict:
+    """The ProtocolOptions fields of the parsed protocol flags."""
+    paths = ("prompts", "captions", "clip", "q16", "classes", "reference_images")
+    return {
+        **{name: None if getattr(args, name) is None else str(getattr(args, name)) for name in paths},
+        "concept_kind": args.concept_kind,
+        "max_prompts": args.max_prompts,
+        "attack_prompts": args.attack_prompts,
+        "attack_pool": args.attack_pool,
+    }
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="Generate images from prompts, optionally with an erasure adapter.")
     _add_model_flags(p)
@@ -265,27 +298,7 @@ def _add_evaluate(sub) -> None:
             action="store_true",
             help="Forbid the concept's own words in discrete adversarial prompts.",
         )
-        p.add_argument(
-            "--prompts",
-            type=Path,
-            help="Real models: the concept's normal prompts, an I2P-format CSV (prompt, categories, "
-            "evaluation_seed/evaluation_guidance or sd_seed/sd_guidance) or a text file of prompts.",
-        )
-        p.add_argument("--captions", type=Path, help="Real models: preservation captions (lines, or COCO JSON).")
-        p.add_argument("--clip", type=Path, help="Real models: CLIP directory for CLIP-score, Q16 and zero-shot.")
-        p.add_argument("--q16", type=Path, help="Real models: Q16 prompts (.safetensors) for I2P's other categories.")
-        p.add_argument("--classes", type=Path, help="Real models: class list (one per line) for objects and styles.")
-        p.add_argument("--concept-kind", choices=["object", "style"], help="Real models: a concept outside I2P.")
-        p.add_argument("--reference-images", type=Path, help="Real models: reference images for FID.")
-        p.add_argument("--max-prompts", type=int, help="Use only the first N normal prompts.")
-        p.add_argument(
-            "--attack-prompts", type=int, default=100, help="Real models: prompts P4D/UnlearnDiff start from (100)."
-        )
-        p.add_argument(
-            "--attack-pool",
-            type=int,
-            help="CCE's inversion images, the detector's top N (real: 1000; ShapesWorld: 32).",
-        )
+        _add_protocol_flags(p)
         p.add_argument("--show-unsafe", action="store_true", help="Do not pixelate flagged images in the report.")
         if name == "evaluate":
             p.add_argument("--attacks", nargs="*", default=[], help="Attacks to run (see `darkminer attacks`).")
@@ -313,15 +326,8 @@ def _run_evaluate(args) -> int:
         erase_metrics=args.command == "evaluate",
         ban_concept_words=args.ban_concept_words,
         sampling_steps=args.sampling_steps,
-        **{
-            name: None if getattr(args, name) is None else str(getattr(args, name))
-            for name in ("prompts", "captions", "clip", "q16", "classes", "reference_images")
-        },
-        concept_kind=args.concept_kind,
-        max_prompts=args.max_prompts,
+        **_protocol(args),
         show_unsafe=args.show_unsafe,
-        attack_prompts=args.attack_prompts,
-        attack_pool=args.attack_pool,
     )
     results = evaluate(job)
     if job.prompts is not None:
@@ -349,16 +355,30 @@ def _run_attacks(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="Every method x ShapesWorld concepts x attacks, one Table-1-shaped report.")
-    p.add_argument("--suite", default="shapesworld", help="Benchmark suite (only 'shapesworld').")
+    p = sub.add_parser("bench", help="Every method x concepts x attacks, one Table-1-shaped report.")
+    p.add_argument(
+        "--suite",
+        default="shapesworld",
+        choices=["shapesworld", "protocol"],
+        help="shapesworld (the bundled model and its presets), or protocol (--model judged under --prompts ...).",
+    )
     p.add_argument("--quick", action="store_true", help="A few steps of everything: checks the table runs.")
     p.add_argument("--methods", nargs="*", default=[], help="Methods (default: every registered one).")
-    p.add_argument("--concepts", nargs="*", default=["star", "striped", "red"], help="ShapesWorld concepts.")
+    p.add_argument("--concepts", nargs="*", default=[], help="Concepts (ShapesWorld default: star striped red).")
     p.add_argument("--attacks", nargs="*", default=[], help="Attacks (default: every registered one).")
     p.add_argument("--runs-dir", default="runs/bench", help="Run directories and cached cells (resumable).")
-    p.add_argument("--output", default="docs/results/shapesworld.md", help="Markdown table path.")
+    p.add_argument("--output", help="Markdown table (docs/results/shapesworld.md, or <runs-dir>/bench.md).")
+    p.add_argument("--alternative", help="protocol: All but One's alternative concept.")
+    p.add_argument(
+        "--method-config",
+        action="append",
+        default=[],
+        metavar="METHOD=FILE",
+        help="protocol: a method's YAML config (repeatable; default: the paper's settings).",
+    )
+    _add_protocol_flags(p)
     p.add_argument("--images-per-prompt", type=int, default=4)
-    _add_model_flags(p, model=False)
+    _add_model_flags(p)
     p.add_argument("overrides", nargs="*", help="Attack overrides as <attack>.<field>=value, e.g. p4d.steps=50.")
     p.set_defaults(func=_run_bench)
 
@@ -377,9 +397,22 @@ def _run_bench(args) -> int:
         quick=args.quick,
         images_per_prompt=args.images_per_prompt,
         extra_attack_overrides=list(args.overrides),
+        alternative=args.alternative,
+        method_configs=_method_configs(args.method_config),
+        **_protocol(args),
     )
     print(f"Wrote {run_bench(config, 'darkminer ' + ' '.join(sys.argv[1:]))}")
     return 0
+
+
+def _method_configs(pairs: list[str]) -> dict[str, str]:
+    configs = {}
+    for pair in pairs:
+        method, sep, path = pair.partition("=")
+        if not sep or not method or not path:
+            raise UsageError(f"--method-config {pair!r} must be METHOD=FILE, e.g. dark_miner=configs/mine.yaml.")
+        configs[method] = path
+    return configs
 
 
 def _add_speed(sub) -> None:

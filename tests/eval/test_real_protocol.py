@@ -16,7 +16,7 @@ import torch
 from darkminer.cli import main
 from darkminer.commands.evaluate_protocol import pixelate
 from darkminer.config import ConfigError
-from darkminer.protocols import ProtocolFiles, build_protocol, read_captions, read_i2p_prompts
+from darkminer.protocols import ProtocolOptions, build_protocol, read_captions, read_i2p_prompts
 from darkminer.testing import tiny_clip_dir, tiny_model_dir
 
 I2P = """prompt,categories,hard,sd_seed,sd_guidance,sd_image_width
@@ -103,9 +103,9 @@ def test_evaluate_writes_the_table_row_and_the_protocol(files, tmp_path: Path) -
 def test_the_record_follows_the_prompt_file(files, tmp_path: Path) -> None:
     changed = tmp_path / "i2p.csv"
     shutil.copy(files["prompts"], changed)
-    before = build_protocol("nudity", ProtocolFiles(prompts=str(changed))).record
+    before = build_protocol("nudity", ProtocolOptions(prompts=str(changed))).record
     changed.write_text(I2P.replace("a red circle", "a red square"))
-    after = build_protocol("nudity", ProtocolFiles(prompts=str(changed))).record
+    after = build_protocol("nudity", ProtocolOptions(prompts=str(changed))).record
     assert before["prompts_sha256"] != after["prompts_sha256"] and before["detector"] == after["detector"]
 
 
@@ -122,7 +122,7 @@ def test_missing_protocol_files_are_named(files, extra: dict, message: str) -> N
     given = {"prompts": str(files["prompts"]), "captions": None, "clip": None}
     given |= {k: (str(files["captions"]) if v == "CAPTIONS" else v) for k, v in extra.items() if k != "concept"}
     with pytest.raises(ConfigError, match=message):
-        build_protocol(extra.get("concept", "nudity"), ProtocolFiles(**given))
+        build_protocol(extra.get("concept", "nudity"), ProtocolOptions(**given))
 
 
 def test_flagged_images_are_pixelated_unless_asked(files, tmp_path: Path, monkeypatch) -> None:
@@ -228,3 +228,46 @@ def test_protocol_flags_without_prompts_are_refused(files, tmp_path: Path, capsy
     assert main(command) == 2
     error = capsys.readouterr().err
     assert "--captions, --clip belong to a real model's protocol and need --prompts FILE" in error
+
+
+def test_bench_on_a_real_model_under_the_protocol(files, tmp_path: Path) -> None:
+    """`bench --suite protocol`: each method erases from the real model with its defaults, the original and each
+    adapter are evaluated under the protocol, one table; protocol flags without the suite are refused."""
+    runs = tmp_path / "runs"
+    command = [
+        "bench",
+        "--suite",
+        "protocol",
+        "--model",
+        str(files["model"]),
+        "--concepts",
+        "nudity",
+        "--methods",
+        "esd",
+        "uce",
+        "--attacks",
+        "ring_a_bell",
+        "--prompts",
+        str(files["prompts"]),
+        "--captions",
+        str(files["captions"]),
+        "--clip",
+        str(files["clip"]),
+        "--images-per-prompt",
+        "1",
+        "--quick",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(runs),
+        "ring_a_bell.generations=2",
+        "ring_a_bell.population=8",
+    ]
+    assert main(command) == 0
+    table = (runs / "bench.md").read_text()
+    assert "| original |" in table and "| esd |" in table and "| uce |" in table and "ASR ring_a_bell %" in table
+    assert "CLIP" in table and "Protocol from" in table
+    results = json.loads((runs / "quick" / "esd" / "nudity" / "eval" / "results.json").read_text())
+    assert results["protocol"]["detector"]["name"] == "nudenet" and results["job"]["adapter"]
+    assert main(["bench", "--prompts", str(files["prompts"]), "--runs-dir", str(runs)]) == 2
+    assert main([*command[:6], "--methods", "all_but_one", *command[10:]]) == 2

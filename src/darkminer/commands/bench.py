@@ -1,5 +1,9 @@
-"""`darkminer bench --suite shapesworld`: every registered method x ShapesWorld concepts x the attacks, plus the
-original model's row, in the layout of the paper's Table 1. Resumable: a finished cell is read back, not recomputed.
+"""`darkminer bench`: every registered method x concepts x the attacks, plus the original model's row, in the
+layout of the paper's Table 1. Resumable: a finished cell is read back, not recomputed.
+
+- `--suite shapesworld`: the bundled model, each method's packaged preset, judged by the classifier.
+- `--suite protocol`: a real model and a concept's protocol from files (`--prompts`, ...: [`ProtocolOptions`]); each
+  method runs with its paper's defaults, or a YAML given by `--method-config METHOD=FILE`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ..attacks import get_attack, list_attacks
 from ..config import ConfigError
 from ..methods import get_method, list_methods
 from ..models.runtime import ModelSource
+from ..protocols import ProtocolOptions
 from .erase import EraseJob, run_erase
 from .evaluate import EvaluateJob, evaluate, table_row
 
@@ -64,19 +69,32 @@ QUICK_ATTACK_OVERRIDES = [
 
 _WHERE = {"device", "batch_size"}
 # Job fields added after cells were first cached, with the value those cells were computed with.
-_DEFAULTS = {"model_config": None, "dtype": "auto", "show_unsafe": False}
+_DEFAULTS = {"model_config": None, "dtype": "auto", "show_unsafe": False, "attack_prompts": 100}
+SUITES = ("shapesworld", "protocol")
+SHAPESWORLD_CONCEPTS = ["star", "striped", "red"]
 
 
 @dataclass(kw_only=True)
-class BenchConfig(ModelSource):
-    """What `darkminer bench` runs: on which model, device and dtype (the [`ModelSource`] fields), and which cells."""
+class BenchConfig(ModelSource, ProtocolOptions):
+    """What `darkminer bench` runs: on which model, device and dtype (the [`ModelSource`] fields), under which
+    protocol ([`ProtocolOptions`], for `suite="protocol"`), and which cells."""
 
-    suite: str = field(default="shapesworld", metadata={"help": "Only 'shapesworld' exists."})
+    suite: str = field(
+        default="shapesworld", metadata={"help": "shapesworld, or protocol (a real model, judged from --prompts)."}
+    )
     methods: list[str] = field(default_factory=list, metadata={"help": "Methods (default: every registered one)."})
-    concepts: list[str] = field(default_factory=lambda: ["star", "striped", "red"], metadata={"help": "Concepts."})
+    concepts: list[str] = field(
+        default_factory=list, metadata={"help": "Concepts (ShapesWorld default: star, striped, red)."}
+    )
+    alternative: str | None = field(default=None, metadata={"help": "protocol: All but One's alternative concept."})
+    method_configs: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "protocol: a YAML config per method (default: the paper's settings)."}
+    )
     attacks: list[str] = field(default_factory=list, metadata={"help": "Attacks (default: every registered one)."})
     runs_dir: str = field(default="runs/bench", metadata={"help": "Where run directories and cell results go."})
-    output: str = field(default="docs/results/shapesworld.md", metadata={"help": "The Markdown table."})
+    output: str | None = field(
+        default=None, metadata={"help": "The Markdown table (docs/results/shapesworld.md, or <runs_dir>/bench.md)."}
+    )
     quick: bool = field(default=False, metadata={"help": "A few steps of everything (smoke test)."})
     images_per_prompt: int = field(default=4, metadata={"min": 1, "help": "Images per normal prompt."})
     seed: int = field(default=0, metadata={"min": 0, "help": "Seed of evaluation and attacks."})
@@ -86,18 +104,46 @@ class BenchConfig(ModelSource):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.suite != "shapesworld":
-            raise ConfigError(f"Unknown bench suite {self.suite!r}; only 'shapesworld' is implemented.")
+        self.check_protocol_options()
+        if self.suite not in SUITES:
+            raise ConfigError(f"Unknown bench suite {self.suite!r}; use one of {', '.join(SUITES)}.")
+        if (self.suite == "protocol") != (self.prompts is not None):
+            raise ConfigError("--suite protocol needs --prompts FILE, and --prompts needs --suite protocol.")
+        if self.suite == "protocol" and not self.methods:
+            raise ConfigError("--suite protocol needs --methods: on a real model each erasure is a long run.")
+        if self.suite == "protocol" and "all_but_one" in self.methods and not self.alternative:
+            raise ConfigError("all_but_one on a real model needs --alternative CONCEPT (what the concept turns into).")
         self.methods = self.methods or [m.name for m in list_methods()]
         self.attacks = self.attacks or [a.name for a in list_attacks()]
-        from ..toy.captions import get_concept
-
         for name in self.methods:
             get_method(name)
         for name in self.attacks:
             get_attack(name)
-        for name in self.concepts:
-            get_concept(name)
+        for name, path in self.method_configs.items():
+            get_method(name)
+            if not Path(path).is_file():
+                raise ConfigError(f"--method-config {name}={path}: no such file.")
+        if self.suite == "shapesworld":
+            from ..toy.captions import get_concept
+
+            self.concepts = self.concepts or list(SHAPESWORLD_CONCEPTS)
+            for name in self.concepts:
+                get_concept(name)
+        elif not self.concepts:
+            raise ConfigError("--suite protocol needs the concepts to erase: --concepts nudity (for instance).")
+        if self.output is None:
+            self.output = "docs/results/shapesworld.md" if self.suite == "shapesworld" else f"{self.runs_dir}/bench.md"
+
+    def method_config(self, method: str, concept: str) -> str | None:
+        """The method's YAML for `concept`: ShapesWorld's packaged preset, or the user's for a protocol."""
+        if self.suite == "shapesworld":
+            from .demo import preset_path
+
+            return str(preset_path(method, concept))
+        return self.method_configs.get(method)
+
+    def alternative_of(self, concept: str) -> str | None:
+        return ALTERNATIVES.get(concept) if self.suite == "shapesworld" else self.alternative
 
 
 def _cell(config: BenchConfig, method: str, concept: str) -> dict:
@@ -107,14 +153,13 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
     Raises:
         ValueError: the cell was finished with other evaluation settings (its results would not be comparable).
     """
-    from .demo import preset_path
-
     cell_dir = Path(config.runs_dir) / ("quick" if config.quick else "full") / method / concept
     adapter = None if method == "original" else str(cell_dir / "run")
     job = EvaluateJob(
         concept=concept,
         output_dir=str(cell_dir / "eval"),
         **config.source_fields(),
+        **config.protocol_fields(),
         adapter=adapter,
         attacks=config.attacks,
         attack_overrides=[*(QUICK_ATTACK_OVERRIDES if config.quick else []), *config.extra_attack_overrides],
@@ -143,8 +188,9 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
                 method=method,
                 concepts=[concept],
                 output_dir=adapter,
-                alternative=ALTERNATIVES.get(concept) if method == "all_but_one" else None,
-                config_file=str(preset_path(method, concept)),
+                alternative=config.alternative_of(concept) if method == "all_but_one" else None,
+                config_file=config.method_config(method, concept),
+                clip=config.clip,
                 overrides=[
                     *(QUICK_METHOD_OVERRIDES.get(method, []) if config.quick else []),
                     *config.extra_method_overrides.get(method, []),
@@ -163,17 +209,14 @@ def run_bench(config: BenchConfig, command: str) -> Path:
         for concept in config.concepts:
             rows[(method, concept)] = table_row(_cell(config, method, concept))
     lines = [
-        "# ShapesWorld benchmark (layout of the paper's Table 1)",
+        f"# {'ShapesWorld' if config.suite == 'shapesworld' else f'`{config.model}`'} benchmark (layout of the "
+        "paper's Table 1)",
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; this invocation took {time.perf_counter() - start:.0f} s (finished cells are "
-        f"reused). Seeds: evaluation {config.seed}; each method's preset seed.  ",
-        "Ratio/Score: share / mean score of images classified as the concept on held-out and implicit normal "
-        "prompts (ShapesWorld classifier); Ratio train: the same on the concept's training prompts (what the "
-        "methods train on). Pres.: share of images of prompts without the concept whose shape and colour both match "
-        "the prompt. CLIP: CLIP-score on those prompts; FID: classifier-feature FID against renders of them. ASR: "
-        "share of adversarial outputs classified as the concept.",
+        f"reused). Seeds: evaluation {config.seed}; each method's config seed.  ",
+        _legend(config),
         "",
     ]
     for concept in config.concepts:
@@ -187,3 +230,19 @@ def run_bench(config: BenchConfig, command: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     return out
+
+
+def _legend(config: BenchConfig) -> str:
+    if config.suite == "protocol":
+        return (
+            f"Protocol from `{config.prompts}` (each cell's results.json holds its record). Ratio/Score: share / "
+            "score of images the protocol's detector flags on the normal prompts; CLIP: CLIP-score on the captions; "
+            "FID: against the reference images; ASR: share of adversarial outputs flagged."
+        )
+    return (
+        "Ratio/Score: share / mean score of images classified as the concept on held-out and implicit normal "
+        "prompts (ShapesWorld classifier); Ratio train: the same on the concept's training prompts (what the "
+        "methods train on). Pres.: share of images of prompts without the concept whose shape and colour both match "
+        "the prompt. CLIP: CLIP-score on those prompts; FID: classifier-feature FID against renders of them. ASR: "
+        "share of adversarial outputs classified as the concept."
+    )

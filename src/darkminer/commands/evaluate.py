@@ -33,20 +33,19 @@ from ..metrics.clip import image_features, text_features
 from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
 from ..models.sampling import generate_batched
+from ..protocols import ProtocolOptions
 from ..training.checkpoint import locked_directory
 from ..utils.images import labelled_grid
 from ..worlds import ShapesWorldSuite, world_for
 
-PROTOCOL_ONLY = ("captions", "clip", "q16", "classes", "concept_kind", "reference_images")
-"""Job fields that only a protocol from files (`prompts`) reads."""
 SHAPESWORLD_ATTACK_POOL = 32
 """CCE's inversion images on ShapesWorld: the top 32 of its training prompts' 80 attack images."""
 
 
 @dataclass(kw_only=True)
-class EvaluateJob(ModelSource):
+class EvaluateJob(ModelSource, ProtocolOptions):
     """One `darkminer evaluate` (or, with `erase=False` and one attack, `darkminer attack`) invocation: the model to
-    load (the [`ModelSource`] fields) and what to measure on it."""
+    load (the [`ModelSource`] fields), a real model's protocol ([`ProtocolOptions`]) and what to measure."""
 
     concept: str = field(metadata={"help": "The erased concept to measure."})
     output_dir: str = field(metadata={"help": "Where results.json, report.md and grids go."})
@@ -66,30 +65,7 @@ class EvaluateJob(ModelSource):
             "adversarial prompts (the sanity check against the original model)."
         },
     )
-    prompts: str | None = field(
-        default=None,
-        metadata={"help": "Normal prompts of a real model's protocol: an I2P-format CSV, or a text file (protocols)."},
-    )
-    captions: str | None = field(default=None, metadata={"help": "Preservation captions (lines, or COCO JSON)."})
-    clip: str | None = field(default=None, metadata={"help": "CLIP directory for CLIP-score, Q16 and zero-shot."})
-    q16: str | None = field(default=None, metadata={"help": "Q16 prompts file for the I2P categories but nudity."})
-    classes: str | None = field(default=None, metadata={"help": "Class list for an object's or a style's detector."})
-    concept_kind: str | None = field(default=None, metadata={"help": "object or style, outside I2P's categories."})
-    reference_images: str | None = field(default=None, metadata={"help": "Reference images for FID."})
-    max_prompts: int | None = field(default=None, metadata={"min": 1, "help": "Use only the first N prompts."})
     show_unsafe: bool = field(default=False, metadata={"help": "Do not pixelate flagged images in report grids."})
-    attack_prompts: int = field(
-        default=100,
-        metadata={"min": 1, "help": "Real models: normal prompts P4D and UnlearnDiff start from (paper: 100)."},
-    )
-    attack_pool: int | None = field(
-        default=None,
-        metadata={
-            "min": 1,
-            "help": "Original's images CCE inverts, the detector's top N (default: 1000 as App. B on real models; "
-            "32 on ShapesWorld).",
-        },
-    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -97,14 +73,7 @@ class EvaluateJob(ModelSource):
             raise ConfigError(f"images_per_prompt must be >= 1, got {self.images_per_prompt}.")
         for name in self.attacks:
             get_attack(name)
-        if self.prompts is None:
-            given = [name for name in PROTOCOL_ONLY if getattr(self, name) is not None]
-            if given:
-                flags = ", ".join("--" + name.replace("_", "-") for name in given)
-                raise ConfigError(
-                    f"{flags} belong to a real model's protocol and need --prompts FILE; ShapesWorld brings its own "
-                    "prompts, classifier and references."
-                )
+        self.check_protocol_options()
 
 
 PROGRESS_NAME = "progress.json"
@@ -221,15 +190,15 @@ def table_row(results: dict) -> dict:
     """Table-1 columns: Ratio, Score, CLIP, FID, then ASR per attack (percentages as the paper prints them)."""
     row = {}
     for key, label in (("ratio", "Ratio %"), ("score", "Score %")):
-        if key in results:
+        if results.get(key) is not None:
             row[label] = f"{100 * results[key]:.1f}"
     if "ratio_training" in results:
         row["Ratio train %"] = f"{100 * results['ratio_training']:.1f}"
     if "preservation" in results:
         row["Pres. %"] = f"{100 * results['preservation']:.1f}"
-    if "clip_score" in results:
+    if results.get("clip_score") is not None:
         row["CLIP"] = f"{results['clip_score']:.2f}"
-    if "fid" in results:
+    if results.get("fid") is not None:
         row["FID"] = f"{results['fid']:.2f}"
     for name, attack in results.get("attacks", {}).items():
         row[f"ASR {name} %"] = f"{100 * attack['asr']:.1f}"

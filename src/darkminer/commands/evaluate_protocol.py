@@ -33,7 +33,7 @@ from ..metrics import clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import encode_images, encode_texts
 from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
-from ..protocols import ProtocolFiles, build_protocol
+from ..protocols import build_protocol
 from ..training.checkpoint import locked_directory
 from ..utils.distributed import Workers
 from ..utils.images import labelled_grid, load_image_folder
@@ -57,10 +57,7 @@ def _thumbnails(images: torch.Tensor) -> torch.Tensor:
 def evaluate_protocol(job) -> dict:
     """Run an [`EvaluateJob`] whose concept is judged by a protocol from files; returns the results (on every
     process; rank 0 writes them)."""
-    files = ProtocolFiles(job.prompts, job.captions, job.clip, job.q16, job.classes, job.concept_kind)
-    protocol = build_protocol(
-        job.concept, files, seed=job.seed, max_prompts=job.max_prompts, attack_prompts=job.attack_prompts
-    )
+    protocol = build_protocol(job.concept, job, seed=job.seed)
     reference = load_image_folder(job.reference_images, 299, "--reference-images") if job.reference_images else None
     workers = Workers()
     source = job.source_fields()

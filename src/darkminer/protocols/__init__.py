@@ -12,7 +12,7 @@ from darkminer.protocols.protocol import (
     I2P_CATEGORIES,
     EvaluationProtocol,
     NormalPrompt,
-    ProtocolFiles,
+    ProtocolOptions,
     build_protocol,
 )
 
@@ -20,7 +20,7 @@ __all__ = [
     "I2P_CATEGORIES",
     "EvaluationProtocol",
     "NormalPrompt",
-    "ProtocolFiles",
+    "ProtocolOptions",
     "build_protocol",
     "read_captions",
     "read_i2p_prompts",
