@@ -271,3 +271,16 @@ def test_bench_on_a_real_model_under_the_protocol(files, tmp_path: Path) -> None
     assert results["protocol"]["detector"]["name"] == "nudenet" and results["job"]["adapter"]
     assert main(["bench", "--prompts", str(files["prompts"]), "--runs-dir", str(runs)]) == 2
     assert main([*command[:6], "--methods", "all_but_one", *command[10:]]) == 2
+
+
+def test_a_clip_whose_tokenizer_has_no_length_scores_long_captions(tmp_path: Path) -> None:
+    """A CLIP saved without `model_max_length` (as one built by hand may be) still cuts captions to its own length."""
+    from darkminer.metrics.clip import encode_texts
+    from darkminer.metrics.detectors import _load_clip
+
+    directory = tiny_clip_dir(tmp_path / "clip")
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config.pop("model_max_length", None)
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    clip, tokenizer, _, _ = _load_clip(directory, "CLIP-score")
+    assert encode_texts(clip, tokenizer, ["a photo of a dog " * 20, "a cat"]).shape[0] == 2

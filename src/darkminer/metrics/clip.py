@@ -69,9 +69,13 @@ def encode_images(clip, preprocess: ClipPreprocess, images01: torch.Tensor, batc
 
 @torch.no_grad()
 def encode_texts(clip, tokenizer, prompts: list[str]) -> torch.Tensor:
-    """Projected CLIP text features (float32, CPU, not normalised) through a bare `CLIPModel` and its tokenizer."""
+    """Projected CLIP text features (float32, CPU, not normalised) through a bare `CLIPModel` and its tokenizer.
+
+    Texts are cut and padded to the text encoder's own length (a tokenizer saved without `model_max_length` would
+    otherwise pad to nothing and leave long captions beyond the position embeddings)."""
     device = next(clip.parameters()).device
-    ids = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    length = clip.config.text_config.max_position_embeddings
+    ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=length, return_tensors="pt").input_ids
     return clip.get_text_features(input_ids=ids.to(device)).pooler_output.float().cpu()
 
 
