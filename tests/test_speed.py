@@ -28,9 +28,25 @@ def test_speed_writes_every_stage_with_its_floor(tmp_path: Path, capsys) -> None
     assert "mining step" in printed and "projected paper-setting run" in printed
 
 
+def test_speed_times_each_switch_off_and_on(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "speed.json"
+    argv = ["speed", "--architecture", "tiny", "--device", "cpu", "--steps", "1", "2", "--repeats", "1"]
+    assert main([*argv, "--switches", "one_call", "one_batch", "channels_last", "--json", str(out)]) == 0
+    switches = json.loads(out.read_text())["switches"]
+    assert list(switches) == ["one_call", "one_batch", "channels_last"]
+    for row in switches.values():
+        assert row["off_seconds"] > 0 and row["on_seconds"] > 0
+        assert row["speedup"] == pytest.approx(row["off_seconds"] / row["on_seconds"])
+    assert "| one_batch | one verification |" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"architecture": "sd3"}, "--architecture 'sd3'"), ({"steps": (5, 5)}, "first < second")],
+    [
+        ({"architecture": "sd3"}, "--architecture 'sd3'"),
+        ({"steps": (5, 5)}, "first < second"),
+        ({"switches": ["fast"]}, "--switches 'fast'"),
+    ],
 )
 def test_speed_config_is_checked(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

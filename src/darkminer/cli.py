@@ -47,6 +47,13 @@ def _add_model_flags(p, *, model: bool = True) -> None:
         type=int,
         help="Images per sampling / VAE chunk (default: as many as hold 8 latents of 64x64, e.g. 8 at SD 1.x 512 px).",
     )
+    p.add_argument(
+        "--compile",
+        default="off",
+        choices=["off", "unet", "blocks"],
+        help="torch.compile the UNet: off (default), unet (whole forward) or blocks (each block; shorter compile).",
+    )
+    p.add_argument("--channels-last", action="store_true", help="Run the UNet in channels-last memory format.")
 
 
 def _source(args) -> dict:
@@ -58,6 +65,8 @@ def _source(args) -> dict:
         "device": args.device,
         "dtype": args.dtype,
         "batch_size": args.batch_size,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
     }
 
 
@@ -427,6 +436,12 @@ def _add_speed(sub) -> None:
     _add_model_flags(p, model=False)
     p.add_argument("--steps", type=int, nargs=2, default=[10, 40], help="The two step counts each stage is timed at.")
     p.add_argument("--repeats", type=int, default=5, help="Timings per figure; the fastest is kept (default 5).")
+    p.add_argument(
+        "--switches",
+        nargs="*",
+        default=[],
+        help="Also time these speed switches off and on, side by side: one_call, one_batch, channels_last, compile.",
+    )
     p.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     p.set_defaults(func=_run_speed)
 
@@ -442,6 +457,7 @@ def _run_speed(args) -> int:
         architecture=None if args.model else args.architecture,
         steps=tuple(args.steps),
         repeats=args.repeats,
+        switches=args.switches,
     )
     figures = measure_speed(config)
     print(format_speed(figures))

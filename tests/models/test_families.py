@@ -131,7 +131,13 @@ def test_chunked_sampling_and_vae_match_one_batch() -> None:
 def test_default_chunk_is_a_latent_budget() -> None:
     model = tiny_model()  # 8x8 latents: 8 * 64 * 64 / 64 images
     assert model.chunk_size == 512
-    assert model.runtime() == {"device": "cpu", "dtype": "float32", "batch_size": 512}
+    assert model.runtime() == {
+        "device": "cpu",
+        "dtype": "float32",
+        "batch_size": 512,
+        "compile": "off",
+        "channels_last": False,
+    }
 
 
 def test_device_and_dtype_resolution() -> None:

@@ -67,7 +67,7 @@ QUICK_ATTACK_OVERRIDES = [
 ]
 
 
-_WHERE = {"device", "batch_size"}
+_WHERE = {"device", "batch_size", "compile", "channels_last"}
 # Job fields added after cells were first cached, with the value those cells were computed with.
 _DEFAULTS = {"model_config": None, "dtype": "auto", "show_unsafe": False, "attack_prompts": 100}
 SUITES = ("shapesworld", "protocol")

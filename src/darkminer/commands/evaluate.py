@@ -76,13 +76,15 @@ class EvaluateJob(ModelSource, ProtocolOptions):
         self.check_protocol_options()
 
 
+WHERE = ("device", "batch_size", "compile", "channels_last", "output_dir")
+"""Job fields that say where and how fast an evaluation runs, not what it measures."""
 PROGRESS_NAME = "progress.json"
 """What a running (or killed) evaluation has finished, so that a re-run with the same job resumes it."""
 
 
 def _job_key(job: EvaluateJob) -> str:
     """What must match for finished parts to be reused: the job, less where it runs."""
-    what = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("device", "batch_size", "output_dir")}
+    what = {k: v for k, v in dataclasses.asdict(job).items() if k not in WHERE}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

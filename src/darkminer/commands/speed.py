@@ -4,10 +4,12 @@ Each stage is timed as Dark Miner runs it (its own `_mine`, `_circumvent` and `_
 App. A except the step counts), at two step counts whose difference gives the seconds per step without the set-up.
 The floor is the model passes a step needs, and nothing else, timed the same way: for a mining step the text encoder
 on c (in token space, A1) and one UNet forward and backward at batch k (Eq. 5); for a circumventing step one UNet
-forward without gradient for the frozen targets and one forward and backward with the adapters (Eq. 7-8); for
-sampling the guided UNet calls of DDIM. Their ratio is what the implementation adds around the model. Achieved
-TFLOP/s come from torch's FLOP counter on one step. The projection multiplies the per-step figures out to a
-paper-setting run: `loops` loops of 1000 mining and 1000 circumventing steps, one verification each, and the pool.
+forward and backward over the frozen targets' and the adapted predictions' rows together (`circumvent.one_call`,
+the default; else one forward without gradient and one forward and backward, Eq. 7-8); for sampling the guided UNet
+calls of DDIM. The ratio is what the implementation adds around the model. Achieved TFLOP/s come from torch's FLOP
+counter on one step. The projection multiplies the per-step figures out to a paper-setting run: `loops` loops of 1000
+mining and 1000 circumventing steps, one verification each, and the pool. `switches` times each speed switch off
+and on, side by side.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from ..models.runtime import ModelSource, resolve_device, resolve_dtype
 from ..testing import random_model
 
 ARCHITECTURES = ("tiny", "sd14", "sd21")
+SWITCHES = ("one_call", "one_batch", "channels_last", "compile")
+"""The speed switches `--switches` times side by side: circumventing's `one_call`, verification's `one_batch`, and
+the UNet in channels-last format or compiled (each timed on circumventing steps)."""
 
 
 @dataclass(kw_only=True)
@@ -47,9 +52,18 @@ class SpeedConfig(ModelSource):
     sampling_steps: int = field(default=25, metadata={"min": 1, "help": "DDIM steps of sampling and verification."})
     sampling_images: int = field(default=4, metadata={"min": 1, "help": "Images sampled to time sampling."})
     loops: int = field(default=48, metadata={"min": 1, "help": "Loops of the projected run (the paper's nudity: 48)."})
+    switches: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Speed switches to time off and on, side by side: one_call, one_batch, channels_last, compile."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        for name in self.switches:
+            if name not in SWITCHES:
+                raise ConfigError(f"--switches {name!r} is not one of {', '.join(SWITCHES)}.")
         if self.architecture is not None and self.architecture not in ARCHITECTURES:
             raise ConfigError(f"--architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}.")
         low, high = self.steps
@@ -97,7 +111,7 @@ def _load(config: SpeedConfig) -> DiffusionModel:
     device = resolve_device(config.device)
     model = random_model(config.architecture).to(device=device, dtype=resolve_dtype(config.dtype, device))
     model.batch_size = config.batch_size
-    return model
+    return model.speed_up(compile=config.compile, channels_last=config.channels_last)
 
 
 def measure_speed(config: SpeedConfig) -> dict:
@@ -148,17 +162,22 @@ def measure_speed(config: SpeedConfig) -> dict:
         return miner._circumvent(model, pool, generator, None, 0)
 
     params = [p for name, p in model.unet.named_parameters() if "lora_" in name]
-    x_c = torch.randn(terms * b, *model.latent_shape, generator=generator).to(device, model.dtype)
-    t_c = torch.full((terms * b,), 500, device=device)
-    cond_c = model.encode_prompt("a photo").repeat(terms * b, 1, 1).detach()  # concatenated, as the step's is
+    rows = (2 * terms - 1) * b  # the frozen targets' rows, then the adapted ones
+    x_c = torch.randn(rows, *model.latent_shape, generator=generator).to(device, model.dtype)
+    t_c = torch.full((rows,), 500, device=device)
+    cond_c = model.encode_prompt("a photo").repeat(rows, 1, 1).detach()  # concatenated, as the step's is
+    frozen = (terms - 1) * b
 
     def circumventing_floor(n: int):
         for p in params:
             p.requires_grad_(True)
         for _ in range(n):
+            if paper.circumvent.one_call:  # one forward and backward over every row
+                model.predict_noise(x_c, t_c, cond_c).float().square().mean().backward()
+                continue
             with torch.no_grad(), disable_lora(model.unet):
-                model.predict_noise(x_c[: (terms - 1) * b], t_c[: (terms - 1) * b], cond_c[: (terms - 1) * b])
-            model.predict_noise(x_c, t_c, cond_c).float().square().mean().backward()
+                model.predict_noise(x_c[:frozen], t_c[:frozen], cond_c[:frozen])
+            model.predict_noise(x_c[frozen:], t_c[frozen:], cond_c[frozen:]).float().square().mean().backward()
 
     figures["circumventing"] = _stage(
         circumvent, circumventing_floor, lambda: circumvent(1), config, device, "circumventing step (batch 1)"
@@ -210,7 +229,75 @@ def measure_speed(config: SpeedConfig) -> dict:
         f"{config.loops} loops x ({paper.mining.steps} mining + {paper.circumvent.steps} circumventing steps, one "
         f"verification, {paper.circumvent.images_per_embedding} images) + a pool of {paper.pool.size} images"
     )
+    if config.switches:
+        figures["switches"] = _switch_gains(config, model, miner, paper, pool, generator)
     return figures
+
+
+def _switch_gains(config: SpeedConfig, model: DiffusionModel, miner, paper, pool, generator) -> dict:
+    """Each switch's stage timed with it off and on, in turns (`_per_step_pair`); `speedup` is off / on."""
+    device = model.device
+
+    def circumvent(one_call: bool = False):
+        def run(n: int):
+            circumventing = dataclasses.replace(paper.circumvent, steps=n, one_call=one_call)
+            miner.config = dataclasses.replace(paper, circumvent=circumventing)
+            return miner._circumvent(model, pool, generator, None, 0)
+
+        return run
+
+    def with_unet(unet, run):
+        def swapped(n: int):
+            kept, model.unet = model.unet, unet
+            try:
+                return run(n)
+            finally:
+                model.unet = kept
+
+        return swapped
+
+    def in_format(memory_format, run):
+        def formatted(n: int):
+            model.unet.to(memory_format=memory_format)
+            return run(n)
+
+        return formatted
+
+    pool_images = torch.rand(4, 3, model.vae.config.sample_size, model.vae.config.sample_size)
+    embedding, picks = pool[0].embedding.to(device), torch.arange(2)
+
+    def verify(one_batch: bool):
+        miner.config = dataclasses.replace(paper, verify=dataclasses.replace(paper.verify, one_batch=one_batch))
+        return lambda: miner._verify(model, embedding, pool_images, picks, generator)
+
+    gains = {}
+    for name in config.switches:
+        stage = "circumventing step"
+        if name == "one_call":
+            on, off = _per_step_pair(circumvent(True), circumvent(False), config.steps, device, config.repeats)
+        elif name == "channels_last":
+            on, off = _per_step_pair(
+                in_format(torch.channels_last, circumvent()),
+                in_format(torch.contiguous_format, circumvent()),
+                config.steps,
+                device,
+                config.repeats,
+            )
+            model.unet.to(memory_format=torch.channels_last if model.channels_last else torch.contiguous_format)
+        elif name == "compile":
+            compiled = torch.compile(model.unet)
+            on, off = _per_step_pair(
+                with_unet(compiled, circumvent()), circumvent(), config.steps, device, config.repeats
+            )
+        elif model.clip is not None:  # one_batch: a whole verification, not a step
+            stage = "one verification"
+            verify(True)()
+            on = min(_seconds(verify(True), device) for _ in range(config.repeats))
+            off = min(_seconds(verify(False), device) for _ in range(config.repeats))
+        else:
+            continue
+        gains[name] = {"stage": stage, "off_seconds": off, "on_seconds": on, "speedup": off / on}
+    return gains
 
 
 def _stage(timed, floor, one_step, config: SpeedConfig, device, what: str) -> dict:
@@ -242,7 +329,14 @@ def format_speed(figures: dict) -> str:
     if "verification" in figures:
         lines.append(f"| {figures['verification']['what']:38} | {figures['verification']['seconds']:8.4f} |")
     lines += ["", f"projected paper-setting run: {figures['projected_hours']:.2f} h ({figures['projection']})"]
+    if figures.get("switches"):
+        lines += ["", "| switch | timed on | off s | on s | speed-up |", "|---|---|---|---|---|"]
+        for name, row in figures["switches"].items():
+            lines.append(
+                f"| {name} | {row['stage']} | {row['off_seconds']:.4f} | {row['on_seconds']:.4f} | "
+                f"{row['speedup']:.2f}x |"
+            )
     return "\n".join(lines)
 
 
-__all__ = ["ARCHITECTURES", "SpeedConfig", "format_speed", "measure_speed"]
+__all__ = ["ARCHITECTURES", "SWITCHES", "SpeedConfig", "format_speed", "measure_speed"]

@@ -49,6 +49,7 @@ __all__ = [
     "disable_lora",
     "has_lora",
     "load_lora",
+    "lora_row_mask",
     "lora_state_dict",
     "merge_lora",
     "save_lora",
@@ -534,3 +535,41 @@ def disable_lora(unet: nn.Module) -> Iterator[nn.Module]:
         unet.enable_adapters()
         for param, flag in flags:
             param.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def lora_row_mask(unet: nn.Module, adapted: torch.Tensor) -> Iterator[nn.Module]:
+    """Context manager in which each row of a batch sees the adapters only where `adapted` is true.
+
+    Every LoRA update B(A(x)) is multiplied by the row's 0 or 1, so that a masked row computes the frozen original's
+    output exactly (base + 0) and passes no gradient to the adapters: one UNet call then gives both the adapted
+    predictions and the frozen targets of a step, which on a GPU costs about as much as either alone.
+
+    Args:
+        unet (`UNet2DConditionModel`):
+            The UNet, with adapters.
+        adapted (`torch.Tensor` of shape `(N,)`, bool):
+            Which rows of the UNet's input batch use the adapters.
+
+    Raises:
+        ValueError: a LoRA layer saw a batch of another size (its input does not lead with the UNet's rows).
+    """
+    scale = adapted.to(torch.float32)
+
+    def mask(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[0] != len(scale):
+            raise ValueError(f"lora_row_mask: a LoRA layer saw {output.shape[0]} rows, the mask has {len(scale)}.")
+        rows = scale.to(device=output.device, dtype=output.dtype)
+        return output * rows.view(-1, *([1] * (output.dim() - 1)))
+
+    handles = [
+        up.register_forward_hook(mask)
+        for layer in unet.modules()
+        if isinstance(layer, BaseTunerLayer)
+        for up in getattr(layer, "lora_B", {}).values()
+    ]
+    try:
+        yield unet
+    finally:
+        for handle in handles:
+            handle.remove()

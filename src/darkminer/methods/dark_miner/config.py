@@ -130,6 +130,13 @@ class VerifyConfig:
     anchor: str = field(default="a photo", metadata={"help": "Reference prompt of x_r (§3.2.2)."})
     steps: int = field(default=25, metadata={"help": "DDIM steps for x_c and x_r."})
     guidance_scale: float = field(default=7.5, metadata={"min": 0, "help": "Guidance scale for x_c and x_r."})
+    one_batch: bool = field(
+        default=True,
+        metadata={
+            "help": "Draw x_c and x_r in one sampler call of 2 x pairs images instead of two (the same images up to "
+            "float rounding; speed only, docs/performance.md)."
+        },
+    )
 
     def __post_init__(self):
         check_fields(self, "verify.")
@@ -191,6 +198,13 @@ class CircumventConfig:
         metadata={
             "help": "r: chance a step uses this loop's c rather than a "
             "uniformly drawn earlier one (A9, drawn per step)."
+        },
+    )
+    one_call: bool = field(
+        default=True,
+        metadata={
+            "help": "The frozen targets and the adapted predictions of a step in one UNet call, the target rows with "
+            "the adapters masked to zero (the same losses up to float rounding; speed only, docs/performance.md)."
         },
     )
 

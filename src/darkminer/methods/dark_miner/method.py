@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 
 from ...config import write_json
 from ...metrics.clip import image_features
-from ...models import DiffusionModel, add_lora, attention_value_modules, disable_lora, load_lora, save_lora
+from ...models import (
+    DiffusionModel,
+    add_lora,
+    attention_value_modules,
+    disable_lora,
+    load_lora,
+    lora_row_mask,
+    save_lora,
+)
 from ...models.adapters import ERASURE_CONFIG_NAME
 from ...models.runtime import peak_memory_mb
 from ...training.checkpoint import LossRecorder, RunDirectory, load_tensors, save_tensors
@@ -96,6 +104,12 @@ def _clip_norm(grad: torch.Tensor, max_norm: float) -> None:
 
 def _lora_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
     return [p for n, p in model.unet.named_parameters() if "lora_" in n]
+
+
+def _predict_at(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The UNet's prediction for every group of `len(x_t)` rows of `cond` at the same noisy latents and times."""
+    groups = len(cond) // len(x_t)
+    return model.predict_noise(x_t.repeat(groups, 1, 1, 1), t.repeat(groups), cond)
 
 
 def _step_lr(base: float, step: int, decay_step: int, decay: float) -> float:
@@ -215,10 +229,13 @@ class DarkMiner:
         cfg = self.config.verify
         latents = model.prepare_latents(cfg.pairs, generator=generator)
         kwargs = dict(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale)
-        x_c = model.generate(
-            cond=self._condition(model, embedding), num_images_per_prompt=cfg.pairs, latents=latents.clone(), **kwargs
-        )
-        x_r = model.generate(cfg.anchor, num_images_per_prompt=cfg.pairs, latents=latents.clone(), **kwargs)
+        c = self._condition(model, embedding)
+        if cfg.one_batch:  # x_c and x_r from the same noise, side by side in one sampler call
+            cond = torch.cat([c.expand(cfg.pairs, -1, -1), model.encode_prompt(cfg.anchor).expand(cfg.pairs, -1, -1)])
+            x_c, x_r = model.generate(cond=cond, latents=latents.repeat(2, 1, 1, 1), **kwargs).split(cfg.pairs)
+        else:
+            x_c = model.generate(cond=c, num_images_per_prompt=cfg.pairs, latents=latents.clone(), **kwargs)
+            x_r = model.generate(cfg.anchor, num_images_per_prompt=cfg.pairs, latents=latents.clone(), **kwargs)
         f_c, f_r = image_features(model, x_c), image_features(model, x_r)
         if cfg.score == "projection":
             return delta_projection(f_c, f_r, image_features(model, pool_images))
@@ -286,12 +303,20 @@ class DarkMiner:
                 terms["prompts"] = held[torch.randint(0, len(held), (b,), generator=generator)]
                 names.append("prompts")
             others = [name for name in names if name != "anchor"]
-            with torch.no_grad(), disable_lora(model.unet):
-                cond = torch.cat([anchor, *(terms[name] for name in others)])
-                target = model.predict_noise(x_t.repeat(len(cond) // b, 1, 1, 1), t.repeat(len(cond) // b), cond)
-                targets = dict(zip(["anchor", *others], target.float().split(b), strict=True))
-            cond = torch.cat([c[None].expand(b, -1, -1), *(terms[name] for name in names)])
-            preds = model.predict_noise(x_t.repeat(len(cond) // b, 1, 1, 1), t.repeat(len(cond) // b), cond)
+            frozen = torch.cat([anchor, *(terms[name] for name in others)])
+            adapted = torch.cat([c[None].expand(b, -1, -1), *(terms[name] for name in names)])
+            if cfg.one_call:  # one UNet call; the frozen rows see no adapter, so they are the original's targets
+                rows = torch.arange(len(frozen) + len(adapted), device=frozen.device) >= len(frozen)
+                with lora_row_mask(model.unet, rows):
+                    target, preds = _predict_at(model, x_t, t, torch.cat([frozen, adapted])).split(
+                        [len(frozen), len(adapted)]
+                    )
+                target = target.detach()
+            else:
+                with torch.no_grad(), disable_lora(model.unet):
+                    target = _predict_at(model, x_t, t, frozen)
+                preds = _predict_at(model, x_t, t, adapted)
+            targets = dict(zip(["anchor", *others], target.float().split(b), strict=True))
             pred_c, *preserved = preds.float().split(b)
             l_c = F.mse_loss(pred_c, targets["anchor"])
             l_p = sum(
