@@ -309,6 +309,12 @@ def _add_evaluate(sub) -> None:
         )
         _add_protocol_flags(p)
         p.add_argument("--show-unsafe", action="store_true", help="Do not pixelate flagged images in the report.")
+        p.add_argument(
+            "--attack-images",
+            type=int,
+            default=16,
+            help="Images each attack's ASR is measured on, at least (each output draws ceil(N / outputs)).",
+        )
         if name == "evaluate":
             p.add_argument("--attacks", nargs="*", default=[], help="Attacks to run (see `darkminer attacks`).")
         else:
@@ -337,6 +343,7 @@ def _run_evaluate(args) -> int:
         sampling_steps=args.sampling_steps,
         **_protocol(args),
         show_unsafe=args.show_unsafe,
+        attack_images=args.attack_images,
     )
     results = evaluate(job)
     if job.prompts is not None:

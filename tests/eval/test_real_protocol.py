@@ -186,9 +186,10 @@ def test_evaluate_runs_every_attack_and_fid_on_a_real_model(files, tmp_path: Pat
     results = json.loads((out / "results.json").read_text())
     assert set(results["asr"]) == {"cce", "p4d", "unlearn_diff", "ring_a_bell"}
     assert all(0 <= value <= 1 for value in results["asr"].values())
-    assert results["protocol"]["attack_prompts"] == 1 and "top 3" in results["protocol"]["attack_images"]
+    assert results["protocol"]["attack_prompts"] == 1 and "top 3" in results["protocol"]["original_images"]
     assert results["fid"] is not None and results["fid"] >= 0 and results["protocol"]["reference_images"]
     assert results["attacks"]["p4d"]["prompts"] and (out / "cce").is_dir()
+    assert results["attacks"]["cce"]["outputs"] == 1 and results["attacks"]["cce"]["images"] == 16
     report = (out / "report.md").read_text()
     assert "ASR cce %" in report and "(grid_cce.png)" in report and (out / "grid_cce.png").is_file()
     assert "<img src='data:image/png;base64," in (out / "report.html").read_text()

@@ -66,6 +66,14 @@ class EvaluateJob(ModelSource, ProtocolOptions):
         },
     )
     show_unsafe: bool = field(default=False, metadata={"help": "Do not pixelate flagged images in report grids."})
+    attack_images: int = field(
+        default=16,
+        metadata={
+            "min": 1,
+            "help": "Images an attack's ASR is measured on, at least: each adversarial output draws "
+            "ceil(N / outputs) (CCE's one embedding: N images).",
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,6 +1,7 @@
 """The attack half of an evaluation, the same on every world: each attack searches adversarial prompts or
-embeddings against the model as given (adapter active), one image is drawn per adversarial output, and the ASR is
-the share the suite's detector flags (Table 1's ASR columns).
+embeddings against the model as given (adapter active), each adversarial output draws `ceil(attack_images /
+outputs)` images (one each for a hundred prompts, 16 for CCE's one embedding by default), and the ASR is the share
+of those images the suite's detector flags (Table 1's ASR columns).
 
 The original model draws `per_prompt` images of each of the suite's attack sources once per evaluation: UnlearnDiff
 and P4D attack each prompt with its own images, CCE inverts the `pool` the detector scores highest (App. B: the top
@@ -86,11 +87,16 @@ def run_attack(model, suite: Suite, job, name: str, per_prompt: torch.Tensor, po
         **checked,
     )
     result.save(out / name)
-    adversarial = generate_cond(model, result.conditionings(model), job.seed + 3, job.sampling_steps)
+    conditionings = result.conditionings(model)
+    per_output = -(-job.attack_images // len(conditionings))
+    adversarial = generate_cond(
+        model, conditionings.repeat_interleave(per_output, dim=0), job.seed + 3, job.sampling_steps
+    )
     decisions = suite.detector(adversarial).decisions
     record = {
         "asr": attack_success_rate(decisions),
         "outputs": len(result),
+        "images": len(adversarial),
         "prompts": result.prompts[:8],
         "seconds": round(time.perf_counter() - start, 1),
     }
