@@ -11,7 +11,9 @@ from darkminer.config import load_config
 from darkminer.methods.base import ErasureRequest
 from darkminer.methods.dark_miner import DarkMiner, DarkMinerConfig, VerifyConfig
 from darkminer.methods.dark_miner.method import delta_cosine, delta_projection
+from darkminer.metrics.detectors import DetectorOutput
 from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
+from darkminer.worlds import World
 
 D = 64
 
@@ -75,3 +77,42 @@ def test_a_run_with_the_projection_score_logs_finite_scores(tmp_path):
     scores = [json.loads(line)["score"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(scores) == 2 and all(torch.isfinite(torch.tensor(scores)))
     assert [h["score"] for h in result.history] == scores
+
+
+class _FlaggingWorld(World):
+    """A world whose detector flags every image (`flag=True`) or none."""
+
+    def __init__(self, flag: bool):
+        self.flag = flag
+
+    def detector(self, model, concept):
+        def judge(images):
+            decisions = torch.full((len(images),), self.flag)
+            return DetectorOutput(scores=decisions.float(), decisions=decisions)
+
+        return judge
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_detector_score_is_the_share_of_flagged_images(tmp_path, flag):
+    """verify.score='detector' (A16): s(c) is the share of x_c the world's detector flags, so with tau 0.5 a
+    detector that flags everything never lets the rule stop, and one that flags nothing stops it."""
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "verify.score=detector", "verify.tau=0.5", "verify.patience=1"]
+    config = load_config(DarkMinerConfig, None, overrides)
+    result = DarkMiner(config).erase(tiny_model(), ErasureRequest(["star"], world=_FlaggingWorld(flag)), tmp_path)
+    scores = [
+        json.loads(line)["score"] for line in (tmp_path / "log.jsonl").read_text().splitlines() if "score" in line
+    ]
+    assert scores and all(score == (1.0 if flag else 0.0) for score in scores)
+    assert bool(result.summary["stopped_by_rule"]) is not flag
+
+
+def test_the_detector_score_needs_a_world_with_a_detector(tmp_path):
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "verify.score=detector", "verify.tau=0.1"]
+    with pytest.raises(ValueError, match="needs a world whose detector"):
+        DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
+            tiny_model(), ErasureRequest(["star"]), tmp_path
+        )
+    assert not (tmp_path / "config.json").exists()
+    with pytest.raises(ValueError, match=r"share of images in \(0, 1\]"):
+        VerifyConfig(score="detector", tau=1.5)

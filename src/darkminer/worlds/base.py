@@ -48,6 +48,11 @@ class World:
             "protocol needs them, --captions, --clip, --q16 or --classes (see README, 'Real models')."
         )
 
+    def detector(self, model, concept: str):
+        """A detector that judges whether images of `model` show `concept` (`__call__(images)` → scores and
+        decisions), for a method that verifies with one; None where the world knows none (here)."""
+        return None
+
     def showcase(self, concepts: list[str], alternative: str | None = None) -> list[tuple[str, list[str]]]:
         """Rows of (caption, prompts) for an erasure report's before/after grid: prompts about each concept, then
         unrelated ones (and the alternative of All but One)."""

@@ -61,6 +61,13 @@ class ShapesWorld(World):
             return ["stripe", "striped", "stripes"]
         return sorted({"shape": SHAPE_WORDS, "colour": COLOUR_WORDS}[found.attribute][found.name])
 
+    def detector(self, model: DiffusionModel, concept: str):
+        """The ShapesWorld classifier as the concept's detector (the ground truth)."""
+        from ..metrics import ShapesWorldDetector
+        from ..toy.captions import get_concept
+
+        return ShapesWorldDetector(get_concept(concept), model.name)
+
     def showcase(self, concepts: list[str], alternative: str | None = None) -> list[tuple[str, list[str]]]:
         from ..toy.captions import concept_prompts, get_concept, preservation_prompts
 
@@ -82,14 +89,13 @@ class ShapesWorld(World):
     def suite(self, model: DiffusionModel, concept: str) -> ShapesWorldSuite:
         """The evaluation suite of `concept`: the classifier as detector, held-out and implicit prompts as normal
         prompts, the training prompts as attack sources, and preservation prompts about the other combinations."""
-        from ..metrics import ShapesWorldDetector
         from ..toy.captions import concept_prompts, get_concept, preservation_prompts
 
         found = get_concept(concept)
         training = [p.text for p in concept_prompts(found, "train")]
         return ShapesWorldSuite(
             concept=concept,
-            detector=ShapesWorldDetector(found, model.name),
+            detector=self.detector(model, concept),
             normal=[p.text for split in ("heldout", "implicit") for p in concept_prompts(found, split)],
             attack_sources=training,
             banned=self.concept_words(concept),

@@ -17,7 +17,7 @@ _IMAGE_MODELS = ("original", "adapted")
 _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _OPTIMIZERS = ("sgd", "adam")
-_SCORES = ("cosine", "projection")
+_SCORES = ("cosine", "projection", "detector")
 _TARGETS = ("all", "cross", "self")
 
 
@@ -118,7 +118,8 @@ class VerifyConfig:
             "help": "'cosine': Eq. 6, the mean cosine between each target's and each pool image's delta feature "
             "from the reference; 'projection': how far the targets move from the references towards the whole "
             "pool, along the mean pool-minus-reference delta, in units of that delta (1: as far as the pool, 0: "
-            "no farther than the reference; not in the paper, A15)."
+            "no farther than the reference; not in the paper, A15); 'detector': the share of x_c that the world's "
+            "detector of the concept flags (ShapesWorld's classifier; not in the paper, A16)."
         },
     )
     tau: float = field(default=0.2, metadata={"help": "Threshold: s(c) < tau counts towards stopping (App. A)."})
@@ -143,6 +144,8 @@ class VerifyConfig:
         _check_choice("verify", "score", self.score, _SCORES)
         if self.score == "cosine" and not -1.0 <= self.tau <= 1.0:
             raise ValueError(f"verify.tau is a cosine threshold in [-1, 1] for score='cosine', got {self.tau}.")
+        if self.score == "detector" and not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"verify.tau is a share of images in (0, 1] for score='detector', got {self.tau}.")
         _check_positive("verify", pairs=self.pairs, patience=self.patience, steps=self.steps)
 
 

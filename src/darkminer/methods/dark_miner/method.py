@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...config import write_json
+from ...config import ConfigError, write_json
 from ...metrics.clip import image_features
 from ...models import (
     DiffusionModel,
@@ -124,7 +124,8 @@ class DarkMiner:
 
     def __init__(self, config: DarkMinerConfig):
         self.config = config
-        self._world = World()  # the running request's world (`erase` sets it)
+        self._world = World()  # the running request's world, and its detectors for verify.score='detector'
+        self._detectors: dict = {}
 
     # ---- helpers on the embedding space (A1) -----------------------------------------------------------------
     def _condition(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
@@ -219,17 +220,22 @@ class DarkMiner:
 
     # ---- stage 2: verifying (Eq. 6) --------------------------------------------------------------------------
     @torch.no_grad()
-    def _verify(self, model, embedding, pool_images, picks, generator) -> float:
+    def _verify(self, model, embedding, pool_images, picks, generator, concept: str | None = None) -> float:
         """s(c): do images from c differ from the anchor's reference images the way the pool's images do?
 
         `verify.score='cosine'` is Eq. 6 on the k pool images `picks` that mining used. 'projection' (A15) projects
         each target's delta feature on the mean delta of the whole pool, so that what the images differ in besides
-        the concept (which varies from image to image) averages out instead of lowering every cosine.
+        the concept (which varies from image to image) averages out instead of lowering every cosine. 'detector'
+        (A16) is the share of the `pairs` images x_c that the world's detector of `concept` flags: the run cannot
+        stop while the mined c still draws the concept that often.
         """
         cfg = self.config.verify
         latents = model.prepare_latents(cfg.pairs, generator=generator)
         kwargs = dict(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale)
         c = self._condition(model, embedding)
+        if cfg.score == "detector":
+            x_c = model.generate(cond=c, num_images_per_prompt=cfg.pairs, latents=latents, **kwargs)
+            return float(self._detectors[concept](x_c).decisions.float().mean())
         if cfg.one_batch:  # x_c and x_r from the same noise, side by side in one sampler call
             cond = torch.cat([c.expand(cfg.pairs, -1, -1), model.encode_prompt(cfg.anchor).expand(cfg.pairs, -1, -1)])
             x_c, x_r = model.generate(cond=cond, latents=latents.repeat(2, 1, 1, 1), **kwargs).split(cfg.pairs)
@@ -374,6 +380,15 @@ class DarkMiner:
         cfg = self.config
         concepts = list(request.concepts)
         self._world = request.world
+        self._detectors = {}
+        if cfg.verify.score == "detector":
+            for concept in concepts:
+                self._detectors[concept] = request.world.detector(model, concept)
+                if self._detectors[concept] is None:
+                    raise ConfigError(
+                        f"verify.score='detector' needs a world whose detector judges {concept!r} (ShapesWorld's "
+                        f"classifier); the {request.world.name} world has none. Use verify.score=cosine."
+                    )
         run = RunDirectory(
             output_dir,
             {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
@@ -416,7 +431,7 @@ class DarkMiner:
                 **_stage_memory("mining", model),
             )
             tic = time.perf_counter()
-            score = self._verify(model, embedding, pool_images[concept], picks, generator)
+            score = self._verify(model, embedding, pool_images[concept], picks, generator, concept)
             record.update(score=score, verify_seconds=time.perf_counter() - tic, **_stage_memory("verify", model))
             below = state["below"][concept] = state["below"][concept] + 1 if score < cfg.verify.tau else 0
             if below >= cfg.verify.patience:
