@@ -238,7 +238,7 @@ def _switch_gains(config: SpeedConfig, model: DiffusionModel, miner, paper, pool
     """Each switch's stage timed with it off and on, in turns (`_per_step_pair`); `speedup` is off / on."""
     device = model.device
 
-    def circumvent(one_call: bool = False):
+    def circumvent(one_call: bool = paper.circumvent.one_call):  # the other switches: on the default path
         def run(n: int):
             circumventing = dataclasses.replace(paper.circumvent, steps=n, one_call=one_call)
             miner.config = dataclasses.replace(paper, circumvent=circumventing)
