@@ -31,7 +31,7 @@ def _peak_mb(device) -> float:
 def run_case(case: str, architecture: str, device: str, dtype: str, images: int) -> dict:
     import torch
 
-    from darkminer.models import add_lora, attention_value_modules
+    from darkminer.models import add_lora, attention_value_modules, lora_row_mask
     from darkminer.models.runtime import resolve_device, resolve_dtype
     from darkminer.testing import random_model
 
@@ -50,10 +50,12 @@ def run_case(case: str, architecture: str, device: str, dtype: str, images: int)
             model.unet.enable_gradient_checkpointing()
         x0 = torch.randn(1, *model.latent_shape, device=device)
         noise, t = torch.randn_like(x0), torch.tensor([500], device=device)
-        # As one circumventing step: the mined c and the three preserved conditions (anchor, 0*c, -c) in one batch.
-        cond = model.encode_prompt(["a photo"] * 4)
+        # As one circumventing step with `circumvent.one_call` (the default): the frozen targets' three rows (anchor,
+        # 0*c, -c) and the adapted four (c and the same three) in one batch, the target rows' adapters masked.
+        cond = model.encode_prompt(["a photo"] * 7)
         x_t = model.add_noise(x0, noise, t).to(model.dtype)
-        loss = model.predict_noise(x_t.repeat(4, 1, 1, 1), t.repeat(4), cond).float().square().mean()
+        with lora_row_mask(model.unet, torch.arange(7) >= 3):
+            loss = model.predict_noise(x_t.repeat(7, 1, 1, 1), t.repeat(7), cond).float().square().mean()
         loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
