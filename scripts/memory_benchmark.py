@@ -54,9 +54,9 @@ def run_case(case: str, architecture: str, device: str, dtype: str, images: int)
         # 0*c, -c) and the adapted four (c and the same three) in one batch, the target rows' adapters masked.
         cond = model.encode_prompt(["a photo"] * 7)
         x_t = model.add_noise(x0, noise, t).to(model.dtype)
-        with lora_row_mask(model.unet, torch.arange(7) >= 3):
+        with lora_row_mask(model.unet, torch.arange(7) >= 3):  # open through backward, which may recompute
             loss = model.predict_noise(x_t.repeat(7, 1, 1, 1), t.repeat(7), cond).float().square().mean()
-        loss.backward()
+            loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     peak = _peak_mb(device)

@@ -56,11 +56,15 @@ def _miner(**overrides) -> DarkMiner:
     return DarkMiner(load_config(DarkMinerConfig, None, [*TINY_METHOD_OVERRIDES["dark_miner"], *extra]))
 
 
-def test_one_call_circumventing_trains_what_two_calls_train():
-    """Same losses and the same adapter after a few steps (float rounding apart)."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_one_call_circumventing_trains_what_two_calls_train(checkpointing):
+    """Same losses and the same adapter after a few steps (float rounding apart), also when gradient checkpointing
+    runs the masked layers again in the backward pass."""
     finals, histories = [], []
     for one_call in (False, True):
         model = _adapted_model()
+        if checkpointing:
+            model.unet.enable_gradient_checkpointing()
         embedding = model.prompt_token_embeddings("a star", 4).float()
         latents = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(1))
         pool = [MinedEmbedding("star", 0, embedding, latents)]

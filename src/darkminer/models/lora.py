@@ -543,7 +543,8 @@ def lora_row_mask(unet: nn.Module, adapted: torch.Tensor) -> Iterator[nn.Module]
 
     Every LoRA update B(A(x)) is multiplied by the row's 0 or 1, so that a masked row computes the frozen original's
     output exactly (base + 0) and passes no gradient to the adapters: one UNet call then gives both the adapted
-    predictions and the frozen targets of a step, which on a GPU costs about as much as either alone.
+    predictions and the frozen targets of a step, which on a GPU costs about as much as either alone. Keep the context
+    open through `backward()`: under gradient checkpointing the backward pass runs the layers again.
 
     Args:
         unet (`UNet2DConditionModel`):

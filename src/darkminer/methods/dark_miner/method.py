@@ -311,27 +311,27 @@ class DarkMiner:
             others = [name for name in names if name != "anchor"]
             frozen = torch.cat([anchor, *(terms[name] for name in others)])
             adapted = torch.cat([c[None].expand(b, -1, -1), *(terms[name] for name in names)])
-            if cfg.one_call:  # one UNet call; the frozen rows see no adapter, so they are the original's targets
-                rows = torch.arange(len(frozen) + len(adapted), device=frozen.device) >= len(frozen)
-                with lora_row_mask(model.unet, rows):
-                    target, preds = _predict_at(model, x_t, t, torch.cat([frozen, adapted])).split(
-                        [len(frozen), len(adapted)]
-                    )
-                target = target.detach()
-            else:
-                with torch.no_grad(), disable_lora(model.unet):
-                    target = _predict_at(model, x_t, t, frozen)
-                preds = _predict_at(model, x_t, t, adapted)
-            targets = dict(zip(["anchor", *others], target.float().split(b), strict=True))
-            pred_c, *preserved = preds.float().split(b)
-            l_c = F.mse_loss(pred_c, targets["anchor"])
-            l_p = sum(
-                (F.mse_loss(p, targets[name]) for p, name in zip(preserved, names, strict=True)),
-                pred_c.new_zeros(()),
-            )
-            loss = cfg.alpha_c * l_c + cfg.alpha_p * l_p
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # one_call: one UNet call, the frozen rows seeing no adapter, so that they are the original's targets; the
+            # mask stays on through backward, which recomputes activations under gradient checkpointing.
+            rows = torch.arange(len(frozen) + len(adapted), device=frozen.device) >= len(frozen)
+            with lora_row_mask(model.unet, rows) if cfg.one_call else nullcontext():
+                if cfg.one_call:
+                    both = _predict_at(model, x_t, t, torch.cat([frozen, adapted]))
+                    target, preds = both[: len(frozen)].detach(), both[len(frozen) :]
+                else:
+                    with torch.no_grad(), disable_lora(model.unet):
+                        target = _predict_at(model, x_t, t, frozen)
+                    preds = _predict_at(model, x_t, t, adapted)
+                targets = dict(zip(["anchor", *others], target.float().split(b), strict=True))
+                pred_c, *preserved = preds.float().split(b)
+                l_c = F.mse_loss(pred_c, targets["anchor"])
+                l_p = sum(
+                    (F.mse_loss(p, targets[name]) for p, name in zip(preserved, names, strict=True)),
+                    pred_c.new_zeros(()),
+                )
+                loss = cfg.alpha_c * l_c + cfg.alpha_p * l_p
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             history.add(step, l_c=l_c, l_p=l_p, loss=loss)
