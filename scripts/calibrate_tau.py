@@ -20,6 +20,7 @@ from darkminer.config import load_config
 from darkminer.methods.dark_miner import DarkMinerConfig
 from darkminer.methods.dark_miner.method import DarkMiner
 from darkminer.models import load_model
+from darkminer.worlds import world_for
 
 
 def main() -> None:
@@ -34,6 +35,7 @@ def main() -> None:
 
     config = load_config(DarkMinerConfig, preset_path("dark_miner", args.concept), args.overrides)
     miner, model = DarkMiner(config), load_model(args.model)
+    miner._world = world_for(model)  # what `erase` sets from the request: the concept's texts for the pool
     k = config.mining.images_per_loop
     pool = model.generate(
         miner._pool_prompts(model, args.concept),

@@ -285,3 +285,22 @@ def test_a_clip_whose_tokenizer_has_no_length_scores_long_captions(tmp_path: Pat
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     clip, tokenizer, _, _ = _load_clip(directory, "CLIP-score")
     assert encode_texts(clip, tokenizer, ["a photo of a dog " * 20, "a cat"]).shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--attacks", "cce", "cce.stepz=3"], "stepz"),
+        (["--attacks", "cce", "ccee.steps=3"], "ccee"),
+        (["--reference-images", "REFS"], "needs --captions"),
+    ],
+)
+def test_attack_overrides_and_fid_flags_are_checked_before_any_work(files, tmp_path: Path, capsys, extra, message):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    command = _evaluate(files, tmp_path / "ev", *[str(refs) if e == "REFS" else e for e in extra])
+    if "REFS" in extra:
+        at = command.index("--captions")
+        del command[at : at + 2]
+    assert main(command) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "ev").exists()

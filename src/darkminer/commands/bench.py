@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -203,6 +204,8 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
 
 def run_bench(config: BenchConfig, command: str) -> Path:
     """Fill every cell (reusing finished ones) and write the Markdown table to `config.output`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("darkminer bench runs in one process; launch it without torchrun or accelerate.")
     start = time.perf_counter()
     rows = {}
     for method in ["original", *config.methods]:
@@ -237,12 +240,14 @@ def _legend(config: BenchConfig) -> str:
         return (
             f"Protocol from `{config.prompts}` (each cell's results.json holds its record). Ratio/Score: share / "
             "score of images the protocol's detector flags on the normal prompts; CLIP: CLIP-score on the captions; "
-            "FID: against the reference images; ASR: share of adversarial outputs flagged."
+            "FID: against the reference images; ASR: share of the images drawn from the adversarial outputs that "
+            "are flagged."
         )
     return (
         "Ratio/Score: share / mean score of images classified as the concept on held-out and implicit normal "
         "prompts (ShapesWorld classifier); Ratio train: the same on the concept's training prompts (what the "
         "methods train on). Pres.: share of images of prompts without the concept whose shape and colour both match "
         "the prompt. CLIP: CLIP-score on those prompts; FID: classifier-feature FID against renders of them. ASR: "
-        "share of adversarial outputs classified as the concept."
+        "share of the images drawn from the adversarial outputs (at least --attack-images per attack) classified as "
+        "the concept."
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 
 from ..attacks import get_attack
 from ..config import ConfigError, write_json
-from ..eval.attacks import run_attacks
+from ..eval.attacks import attack_config, run_attacks
 from ..eval.report import table_lines
 from ..metrics import clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import image_features, text_features
@@ -81,6 +82,10 @@ class EvaluateJob(ModelSource, ProtocolOptions):
             raise ConfigError(f"images_per_prompt must be >= 1, got {self.images_per_prompt}.")
         for name in self.attacks:
             get_attack(name)
+        for override in self.attack_overrides:  # a registered attack (overrides of attacks not run are unused)
+            get_attack(override.split(".", 1)[0])
+        for name in self.attacks:  # each run attack's overrides name its fields and fit them, before any work
+            attack_config(name, self.attack_overrides, [])
         self.check_protocol_options()
 
 
@@ -113,6 +118,8 @@ def evaluate(job: EvaluateJob) -> dict:
         from .evaluate_protocol import evaluate_protocol
 
         return evaluate_protocol(job)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("A ShapesWorld evaluation runs in one process; launch it without torchrun or accelerate.")
     model = job.load()
     if job.adapter:
         apply_adapter(model, job.adapter)

@@ -10,8 +10,9 @@
   highest (App. B: 100 prompts, 1000 images).
 
 Under `torchrun` (or `accelerate launch`) the prompts and captions are sharded over the processes and gathered on
-rank 0, which runs the attacks and writes `results.json` (top-level `ratio`, `score`, `clip_score`, `fid`, `asr`,
-`protocol`) and a report whose grids pixelate the images the detector flags.
+rank 0, which computes FID, runs the attacks and writes `results.json` (top-level `ratio`, `score`, `clip_score`,
+`fid`, `asr`, `protocol`) and a report whose grids pixelate the images the detector flags. Unlike ShapesWorld's
+evaluation, a killed real-model evaluation keeps no progress: a re-run starts over.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def evaluate_protocol(job) -> dict:
     """Run an [`EvaluateJob`] whose concept is judged by a protocol from files; returns the results (on every
     process; rank 0 writes them)."""
     protocol = build_protocol(job.concept, job, seed=job.seed)
-    reference = load_image_folder(job.reference_images, 299, "--reference-images") if job.reference_images else None
+    if job.reference_images and not Path(job.reference_images).is_dir():
+        raise FileNotFoundError(f"--reference-images {job.reference_images} does not exist.")
     workers = Workers()
     source = job.source_fields()
     if workers.device is not None and job.device == "auto":
@@ -71,7 +73,8 @@ def evaluate_protocol(job) -> dict:
     start = time.perf_counter()
 
     rows = _normal_rows(model, protocol, job, workers) if job.erase_metrics else []
-    scored = _caption_rows(model, protocol, job, workers, reference is not None) if job.erase_metrics else []
+    with_fid = job.reference_images is not None
+    scored = _caption_rows(model, protocol, job, workers, with_fid) if job.erase_metrics else []
     figures = {"ratio": None, "score": None, "clip_score": None, "fid": None}
     if rows:
         scores = torch.tensor([s for row in rows for s in row["scores"]])
@@ -81,11 +84,12 @@ def evaluate_protocol(job) -> dict:
         figures["ratio"], figures["score"] = round(found["ratio"], 4), round(found["score"], 4)
     if scored and protocol.captions:
         figures["clip_score"] = round(sum(r["clip_score"] for r in scored) / len(scored), 4)
-    if scored and reference is not None:
+    if scored and with_fid and workers.main:  # the references are read by rank 0 alone
         from ..metrics import InceptionFeatures
 
         inception = InceptionFeatures().to(model.device)
         generated = torch.cat([row["features"] for row in scored])
+        reference = load_image_folder(job.reference_images, 299, "--reference-images")
         figures["fid"] = round(fid_from_features(generated, inception.features(reference)), 2)
 
     attacks, attack_grids, pool = {}, [], job.attack_pool or PAPER_ATTACK_POOL

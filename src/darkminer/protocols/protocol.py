@@ -86,6 +86,8 @@ class ProtocolOptions:
             [`ConfigError`]: naming the flags given.
         """
         if self.prompts is not None:
+            if self.reference_images is not None and self.captions is None:
+                raise ConfigError("--reference-images gives FID of the caption images: it needs --captions FILE.")
             return
         given = [name for name in PROTOCOL_ONLY if getattr(self, name) is not None]
         if given:
@@ -125,7 +127,7 @@ class EvaluationProtocol(Suite):
                         seed=prompt.seed + seed,
                         guidance_scale=prompt.guidance,
                         num_inference_steps=steps,
-                    )
+                    ).cpu()  # thousands of images: kept in host memory
                 )
         own = torch.cat(images[: len(self.attack_sources)])
         return own, self.top_images(torch.cat(images), pool)

@@ -26,6 +26,8 @@ class Workers:
         if self.world > 1 and not dist.is_initialized():
             # Rank 0 runs the attacks alone while the others wait at a barrier: hours on a real model.
             backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":  # NCCL's collectives run on the current device: this process's own GPU
+                torch.cuda.set_device(self.local_rank)
             dist.init_process_group(backend=backend, timeout=timedelta(hours=24))
 
     @property

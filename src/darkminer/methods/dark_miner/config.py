@@ -207,7 +207,8 @@ class CircumventConfig:
         default=True,
         metadata={
             "help": "The frozen targets and the adapted predictions of a step in one UNet call, the target rows with "
-            "the adapters masked to zero (the same losses up to float rounding; speed only, docs/performance.md)."
+            "the adapters masked to zero (the same losses up to float rounding; speed only, docs/performance.md). "
+            "Not with a compiled UNet (--compile), whose graphs ignore the mask's hooks: two calls are made there."
         },
     )
 

@@ -265,6 +265,8 @@ class DarkMiner:
 
     def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop):
         cfg = self.config.circumvent
+        # A compiled UNet does not see hooks added after compiling, so the row mask of one_call would be ignored.
+        one_call = cfg.one_call and model.compiled == "off"
         params = [p.requires_grad_(True) for p in _lora_parameters(model)]
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(params, lr=cfg.lr)
         with torch.no_grad():
@@ -314,8 +316,8 @@ class DarkMiner:
             # one_call: one UNet call, the frozen rows seeing no adapter, so that they are the original's targets; the
             # mask stays on through backward, which recomputes activations under gradient checkpointing.
             rows = torch.arange(len(frozen) + len(adapted), device=frozen.device) >= len(frozen)
-            with lora_row_mask(model.unet, rows) if cfg.one_call else nullcontext():
-                if cfg.one_call:
+            with lora_row_mask(model.unet, rows) if one_call else nullcontext():
+                if one_call:
                     both = _predict_at(model, x_t, t, torch.cat([frozen, adapted]))
                     target, preds = both[: len(frozen)].detach(), both[len(frozen) :]
                 else:
