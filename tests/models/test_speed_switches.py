@@ -127,3 +127,15 @@ def test_the_switches_that_win_on_cpu_are_on_by_default():
     config = DarkMinerConfig()
     assert config.verify.one_batch and config.circumvent.one_call
     assert not dataclasses.replace(config.circumvent, one_call=False).one_call
+
+
+def test_a_compiled_unet_circumvents_in_two_calls(monkeypatch):
+    """A compiled graph would ignore the row mask's hooks, so one_call is not used there."""
+    from darkminer.methods.dark_miner import method
+
+    monkeypatch.setattr(method, "lora_row_mask", lambda *a: pytest.fail("the row mask on a compiled UNet"))
+    model = _adapted_model()
+    model.compiled = "unet"  # as `speed_up(compile="unet")` records it
+    embedding = model.prompt_token_embeddings("a star", 4).float()
+    pool = [MinedEmbedding("star", 0, embedding, torch.randn(2, *model.latent_shape))]
+    _miner(**{"circumvent.steps": 2})._circumvent(model, pool, torch.Generator().manual_seed(0), None, 0)
