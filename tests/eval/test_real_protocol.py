@@ -40,6 +40,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def _protocol_flags(files: dict[str, Path]) -> list[str]:
+    """The tiny protocol's flags, shared by evaluate and bench: prompts, captions, CLIP, one image per prompt."""
+    paths = [str(files[name]) for name in ("prompts", "captions", "clip")]
+    return ["--prompts", paths[0], "--captions", paths[1], "--clip", paths[2], "--images-per-prompt", "1"]
+
+
 def _evaluate(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [
         "evaluate",
@@ -47,14 +53,7 @@ def _evaluate(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
         str(files["model"]),
         "--concept",
         "nudity",
-        "--prompts",
-        str(files["prompts"]),
-        "--captions",
-        str(files["captions"]),
-        "--clip",
-        str(files["clip"]),
-        "--images-per-prompt",
-        "1",
+        *_protocol_flags(files),
         "--sampling-steps",
         "2",
         "--device",
@@ -231,7 +230,7 @@ def test_protocol_flags_without_prompts_are_refused(files, tmp_path: Path, capsy
     assert "--captions, --clip belong to a real model's protocol and need --prompts FILE" in error
 
 
-def test_bench_on_a_real_model_under_the_protocol(files, tmp_path: Path) -> None:
+def test_bench_on_a_real_model_under_the_protocol(files, tmp_path: Path, capsys) -> None:
     """`bench --suite protocol`: each method erases from the real model with its defaults, the original and each
     adapter are evaluated under the protocol, one table; protocol flags without the suite are refused."""
     runs = tmp_path / "runs"
@@ -248,14 +247,7 @@ def test_bench_on_a_real_model_under_the_protocol(files, tmp_path: Path) -> None
         "uce",
         "--attacks",
         "ring_a_bell",
-        "--prompts",
-        str(files["prompts"]),
-        "--captions",
-        str(files["captions"]),
-        "--clip",
-        str(files["clip"]),
-        "--images-per-prompt",
-        "1",
+        *_protocol_flags(files),
         "--quick",
         "--device",
         "cpu",
@@ -271,7 +263,9 @@ def test_bench_on_a_real_model_under_the_protocol(files, tmp_path: Path) -> None
     results = json.loads((runs / "quick" / "esd" / "nudity" / "eval" / "results.json").read_text())
     assert results["protocol"]["detector"]["name"] == "nudenet" and results["job"]["adapter"]
     assert main(["bench", "--prompts", str(files["prompts"]), "--runs-dir", str(runs)]) == 2
-    assert main([*command[:6], "--methods", "all_but_one", *command[10:]]) == 2
+    methods = command.index("--methods")
+    assert main([*command[: methods + 1], "all_but_one", *command[methods + 3 :]]) == 2
+    assert "all_but_one on a real model needs --alternative" in capsys.readouterr().err
 
 
 def test_a_clip_whose_tokenizer_has_no_length_scores_long_captions(tmp_path: Path) -> None:

@@ -72,9 +72,13 @@ def evaluate_protocol(job) -> dict:
         protocol.detector.to(model.device)
     start = time.perf_counter()
 
+    inception = None  # FID's network, loaded once before any image is drawn
+    if job.reference_images is not None and job.erase_metrics:
+        from ..metrics import InceptionFeatures
+
+        inception = InceptionFeatures().to(model.device)
     rows = _normal_rows(model, protocol, job, workers) if job.erase_metrics else []
-    with_fid = job.reference_images is not None
-    scored = _caption_rows(model, protocol, job, workers, with_fid) if job.erase_metrics else []
+    scored = _caption_rows(model, protocol, job, workers, inception) if job.erase_metrics else []
     figures = {"ratio": None, "score": None, "clip_score": None, "fid": None}
     if rows:
         scores = torch.tensor([s for row in rows for s in row["scores"]])
@@ -84,10 +88,7 @@ def evaluate_protocol(job) -> dict:
         figures["ratio"], figures["score"] = round(found["ratio"], 4), round(found["score"], 4)
     if scored and protocol.captions:
         figures["clip_score"] = round(sum(r["clip_score"] for r in scored) / len(scored), 4)
-    if scored and with_fid and workers.main:  # the references are read by rank 0 alone
-        from ..metrics import InceptionFeatures
-
-        inception = InceptionFeatures().to(model.device)
+    if scored and inception is not None and workers.main:  # the references are read by rank 0 alone
         generated = torch.cat([row["features"] for row in scored])
         reference = load_image_folder(job.reference_images, 299, "--reference-images")
         figures["fid"] = round(fid_from_features(generated, inception.features(reference)), 2)
@@ -166,16 +167,14 @@ def _normal_rows(model, protocol, job, workers: Workers) -> list[dict]:
     return sorted(workers.gather(rows), key=lambda row: row["index"])
 
 
-def _caption_rows(model, protocol, job, workers: Workers, with_features: bool) -> list[dict]:
-    """One image per caption (seed + index): its CLIP-score, and its Inception features when FID is asked for."""
+def _caption_rows(model, protocol, job, workers: Workers, inception) -> list[dict]:
+    """One image per caption (seed + index): its CLIP-score, and its `inception` features when FID is asked for."""
     if not protocol.captions:
         return []
-    from ..metrics import InceptionFeatures
     from ..metrics.detectors import _load_clip
 
     clip, tokenizer, preprocess, _ = _load_clip(job.clip, "CLIP-score")
     clip = clip.to(model.device)
-    inception = InceptionFeatures().to(model.device) if with_features else None
     scored = []
     for index in tqdm(workers.shard(len(protocol.captions)), desc="captions", disable=not workers.main):
         caption = protocol.captions[index]

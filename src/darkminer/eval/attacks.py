@@ -58,7 +58,7 @@ def run_attacks(
     done: Callable[[str, dict, torch.Tensor], None],
 ) -> None:
     """Run the attacks `names` of an [`EvaluateJob`] `job` against `model`; after each, `done(name, record,
-    adversarial_images)` (the caller records progress, so a killed evaluation resumes after the last attack).
+    adversarial_images)`, where a caller may record progress (ShapesWorld's evaluation resumes after the last one).
 
     Args:
         pool (`int`): how many of the original's top-scoring images CCE inverts.

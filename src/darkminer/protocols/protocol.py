@@ -115,8 +115,8 @@ class EvaluationProtocol(Suite):
     def attack_images(
         self, model: DiffusionModel, per_prompt: int, pool: int, seed: int, steps: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The original model draws `per_prompt` images of every normal prompt, each with its row's seed and
-        guidance; the attack sources' own images, and the `pool` the detector scores highest."""
+        """The original model draws `per_prompt` images of every normal prompt, each with its row's guidance and
+        seed (plus `seed`); the attack sources' own images, and the `pool` the detector scores highest."""
         images = []
         with disable_lora(model.unet):
             for prompt in tqdm(self.prompts, desc="original: attack images", mininterval=2):

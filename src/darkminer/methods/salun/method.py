@@ -86,10 +86,11 @@ def denoising_prompts(
     """
     forget, relabelled, labels_of = [], [], {}
     for concept in concepts:
+        siblings = world.related(concept)
         if config.random_labels:
             labels = list(config.random_labels)
-        elif world.related(concept):
-            labels = [v for v in world.related(concept) if v not in concepts]
+        elif siblings:
+            labels = [v for v in siblings if v not in concepts]
         else:
             raise ConfigError(
                 "SalUn needs other concepts to relabel the concept's images with: pass random_labels=[...], e.g. "
@@ -101,7 +102,7 @@ def denoising_prompts(
         labels_of[concept] = labels
         templates = (
             prompt_templates(world, concept, config.prompt_file)
-            if config.prompt_file is not None or world.related(concept)
+            if config.prompt_file is not None or siblings
             else [config.prompt]
         )
         for template in templates:
