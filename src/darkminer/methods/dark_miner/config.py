@@ -85,6 +85,20 @@ class MiningConfig:
         metadata={"help": "Texts about the concept, one per line, for init='concept_prompts' (App. B's text sets)."},
     )
     images_per_loop: int = field(default=3, metadata={"help": "k: pool images drawn per mining stage (App. A)."})
+    batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Noisy images per embedding per step, drawn from the loop's k (CCE's batch); None: each of the k "
+            "once per step (App. A). With k much larger than the batch, c must reproduce many images, as CCE's does."
+        },
+    )
+    restarts: int = field(
+        default=1,
+        metadata={
+            "help": "Embeddings mined side by side from different initialisations (one UNet call per step); the one "
+            "that reproduces the loop's k images best on a fixed probe is kept (A17). Paper: 1."
+        },
+    )
     steps: int = field(default=1000, metadata={"help": "Optimisation steps per loop (App. A)."})
     lr: float = field(default=0.1, metadata={"help": "Learning rate (App. A)."})
     lr_decay_step: int = field(default=500, metadata={"min": 0, "help": "Step at which lr is multiplied by lr_decay."})
@@ -97,10 +111,13 @@ class MiningConfig:
         _check_choice("mining", "embedding_space", self.embedding_space, _SPACES)
         _check_choice("mining", "init", self.init, _INITS)
         _check_choice("mining", "optimizer", self.optimizer, _OPTIMIZERS)
+        if self.batch_size is not None:
+            _check_positive("mining", batch_size=self.batch_size)
         _check_positive(
             "mining",
             length=self.length,
             images_per_loop=self.images_per_loop,
+            restarts=self.restarts,
             steps=self.steps,
             lr=self.lr,
             lr_decay=self.lr_decay,
@@ -203,6 +220,16 @@ class CircumventConfig:
             "uniformly drawn earlier one (A9, drawn per step)."
         },
     )
+    refine_every: int = field(
+        default=0,
+        metadata={
+            "min": 0,
+            "help": "Every this many steps, one Eq. 5 step on the step's c against the adapters as they are now, "
+            "before the adapters' step (A18): c keeps drawing the concept while the adapters move, as an attacker's "
+            "inversion would. 0: never (the paper's fixed c).",
+        },
+    )
+    refine_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of those steps on c (A18)."})
     one_call: bool = field(
         default=True,
         metadata={
@@ -224,6 +251,7 @@ class CircumventConfig:
             lr_decay=self.lr_decay,
             grad_clip=self.grad_clip,
             images_per_embedding=self.images_per_embedding,
+            refine_lr=self.refine_lr,
         )
         if not 0.0 <= self.current_prob <= 1.0:
             raise ValueError(f"circumvent.current_prob is a probability, got {self.current_prob}.")

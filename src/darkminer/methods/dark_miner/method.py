@@ -97,9 +97,11 @@ def _stage_memory(stage: str, model: DiffusionModel) -> dict[str, float]:
 
 
 def _clip_norm(grad: torch.Tensor, max_norm: float) -> None:
-    """`torch.nn.utils.clip_grad_norm_([p], max_norm)` for one tensor, the same arithmetic without its per-call
-    overhead (a tenth of a tiny model's mining step): scale by min(1, max_norm / (|g| + 1e-6))."""
-    grad.mul_(torch.clamp(max_norm / (torch.linalg.vector_norm(grad) + 1e-6), max=1.0))
+    """`torch.nn.utils.clip_grad_norm_([p], max_norm)` for each row of `grad` (one per mined embedding), the same
+    arithmetic without its per-call overhead (a tenth of a tiny model's mining step): scale by
+    min(1, max_norm / (|g| + 1e-6))."""
+    norms = torch.linalg.vector_norm(grad.flatten(1), dim=1).view(-1, *[1] * (grad.dim() - 1))
+    grad.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0))
 
 
 def _lora_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
@@ -195,28 +197,48 @@ class DarkMiner:
 
     # ---- stage 1: mining (Eq. 5) -----------------------------------------------------------------------------
     def _mine(self, model, concept, pool_latents, generator, run, loop):
+        """Eq. 5 for `mining.restarts` embeddings side by side; returns the best (1, L, D), the k picks, and l_m."""
         cfg = self.config.mining
         picks = torch.randperm(len(pool_latents), generator=generator)[: cfg.images_per_loop]
         x0 = pool_latents[picks].to(model.device, model.dtype)
-        embedding = self._initial_embedding(model, concept, generator).to(model.device).requires_grad_(True)
+        starts = [self._initial_embedding(model, concept, generator) for _ in range(cfg.restarts)]
+        embedding = torch.cat(starts).to(model.device).requires_grad_(True)  # (R, L, D)
         for p in _lora_parameters(model):  # Eq. 5: the adapters are frozen while mining
             p.requires_grad_(False)
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([embedding], lr=cfg.lr)
         losses = LossRecorder("mining", run)
+        restarts, per_row = cfg.restarts, cfg.batch_size or len(x0)
         for step in tqdm(range(cfg.steps), desc=f"loop {loop} mining", leave=False, mininterval=2):
             for group in optimizer.param_groups:
                 group["lr"] = _step_lr(cfg.lr, step, cfg.lr_decay_step, cfg.lr_decay)
-            noise = torch.randn(x0.shape, generator=generator).to(x0)
-            t = torch.randint(0, model.num_train_timesteps, (len(x0),), generator=generator).to(model.device)
-            cond = self._condition(model, embedding).expand(len(x0), -1, -1)
-            target = model.training_target(x0, noise, t)  # the noise of Eq. 5, or v for a v-prediction model
-            loss = F.mse_loss(model.predict_noise(model.add_noise(x0, noise, t), t, cond).float(), target.float())
+            if cfg.batch_size is None:  # every one of the k images, for each embedding
+                x = x0.repeat(restarts, 1, 1, 1)
+            else:
+                x = x0[torch.randint(0, len(x0), (restarts * per_row,), generator=generator).to(model.device)]
+            noise = torch.randn(x.shape, generator=generator).to(x)
+            t = torch.randint(0, model.num_train_timesteps, (len(x),), generator=generator).to(model.device)
+            row_losses = self._mining_losses(model, embedding, x, noise, t)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            row_losses.sum().backward()  # the embeddings' gradients stay independent
             _clip_norm(embedding.grad, cfg.grad_clip)
             optimizer.step()
-            losses.add(step, l_m=loss)
-        return embedding.detach(), picks, losses.flush()["l_m"]
+            losses.add(step, l_m=row_losses.mean())
+        best = 0
+        if restarts > 1:  # keep the embedding that reproduces the k images best on one fixed draw of noise and t
+            with torch.no_grad():
+                x = x0.repeat(restarts, 1, 1, 1)
+                noise = torch.randn(x.shape, generator=generator).to(x)
+                t = ((torch.arange(len(x0)) + 0.5) * model.num_train_timesteps / len(x0)).long().repeat(restarts)
+                best = int(self._mining_losses(model, embedding, x, noise, t.to(model.device)).argmin())
+        return embedding[best : best + 1].detach(), picks, losses.flush()["l_m"]
+
+    def _mining_losses(self, model, embedding, x0, noise, t) -> torch.Tensor:
+        """L_M of Eq. 5 for each of the R embeddings, over its len(x0) / R rows of (x0, noise, t)."""
+        restarts = len(embedding)
+        cond = self._condition(model, embedding).repeat_interleave(len(x0) // restarts, dim=0)
+        target = model.training_target(x0, noise, t)  # the noise of Eq. 5, or v for a v-prediction model
+        pred = model.predict_noise(model.add_noise(x0, noise, t), t, cond)
+        return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1).view(restarts, -1).mean(1)
 
     # ---- stage 2: verifying (Eq. 6) --------------------------------------------------------------------------
     @torch.no_grad()
@@ -274,11 +296,12 @@ class DarkMiner:
             held = model.encode_prompt(cfg.preserve_prompts) if cfg.preserve_prompts else None
             # what classifier-free guidance subtracts, encoded only when l_p holds it
             empty = model.encode_unconditional() if "unconditional" in cfg.preserve else None
-            # (c, 0*c, -c) conditionings of each pool entry: fixed while the adapters train, so computed once.
-            conds = [
-                torch.cat([self._condition(model, s * e.embedding.to(model.device)) for s in (1.0, 0.0, -1.0)])
-                for e in pool
-            ]
+            mined = [e.embedding.to(model.device) for e in pool]
+            # (c, 0*c, -c) conditionings of each pool entry, computed once (again after each A18 step on that c).
+            conds = [self._signed_conditions(model, e) for e in mined]
+        if cfg.refine_every:
+            mined = [e.clone().requires_grad_(True) for e in mined]
+            refiner = torch.optim.Adam(mined, lr=cfg.refine_lr)
         current, history = len(pool) - 1, LossRecorder("circumventing", run)
         for step in tqdm(range(cfg.steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
             for group in optimizer.param_groups:
@@ -286,12 +309,15 @@ class DarkMiner:
             pick = current
             if current > 0 and torch.rand((), generator=generator) >= cfg.current_prob:
                 pick = int(torch.randint(0, current, (), generator=generator))
-            entry, (c, zero_c, neg_c) = pool[pick], conds[pick]
+            entry = pool[pick]
             rows = torch.randint(0, len(entry.latents), (cfg.batch_size,), generator=generator)
             x0 = entry.latents[rows].to(model.device, model.dtype)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=generator).to(model.device)
             x_t = model.add_noise(x0, noise, t)
+            if cfg.refine_every and step % cfg.refine_every == 0:
+                conds[pick] = self._refine(model, mined[pick], refiner, x0, noise, t, x_t)
+            c, zero_c, neg_c = conds[pick]
             b = cfg.batch_size
             if len(anchors) == 1:  # no draw: one-anchor runs keep the random stream they always had
                 anchor = anchors.expand(b, -1, -1)
@@ -337,7 +363,26 @@ class DarkMiner:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             history.add(step, l_c=l_c, l_p=l_p, loss=loss)
+        if cfg.refine_every:  # later loops replay the refined embeddings
+            for entry, embedding in zip(pool, mined, strict=True):
+                entry.embedding = embedding.detach().cpu()
         return history.flush()
+
+    def _signed_conditions(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
+        """The conditionings of c, 0*c and -c (Eq. 7-8), stacked: (3, max_length, D_cross)."""
+        with torch.no_grad():
+            return torch.cat([self._condition(model, s * embedding) for s in (1.0, 0.0, -1.0)])
+
+    def _refine(self, model, embedding, optimizer, x0, noise, t, x_t) -> torch.Tensor:
+        """A18: one step of Eq. 5 on a mined c against the adapters as they are now (their weights get no gradient),
+        on the circumventing step's noisy images; returns c's new (c, 0*c, -c) conditionings."""
+        cond = self._condition(model, embedding).expand(len(x0), -1, -1)
+        loss = F.mse_loss(model.predict_noise(x_t, t, cond).float(), model.training_target(x0, noise, t).float())
+        (embedding.grad,) = torch.autograd.grad(loss, [embedding])
+        _clip_norm(embedding.grad, self.config.mining.grad_clip)
+        optimizer.step()
+        embedding.grad = None
+        return self._signed_conditions(model, embedding)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, run, loop, pool, state) -> None:
