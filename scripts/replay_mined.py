@@ -1,0 +1,62 @@
+"""Replay the embeddings a Dark Miner run circumvented on the model with and without its adapters.
+
+For each entry of the run's last checkpoint (one mined c per circumvented loop), draws `--images` images from c on
+the erased model (the run's final adapters) and on the original (adapters off), from the same noise and with
+verification's sampler settings, and prints the share the world's detector flags as the concept. An embedding that
+draws the concept only with the adapters on was mined against the adapters, not the original: with
+`circumvent.images_from=original` its circumventing images do not show the concept (docs/design.md, A13).
+
+    python scripts/replay_mined.py runs/red red
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from darkminer.models import disable_lora, load_model
+from darkminer.models.adapters import ERASURE_CONFIG_NAME, apply_adapter
+from darkminer.training.checkpoint import load_tensors
+from darkminer.worlds import world_for
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="A finished Dark Miner output directory.")
+    parser.add_argument("concept", help="The concept the run erased.")
+    parser.add_argument("--model", default="shapesworld", help="The run's base model.")
+    parser.add_argument("--images", type=int, default=16, help="Images per embedding and model.")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (verification's default).")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="Guidance (verification's default).")
+    args = parser.parse_args()
+
+    model = load_model(args.model)
+    detector = world_for(model).detector(model, args.concept)
+    if detector is None:
+        parser.error(f"the {args.model} model's world has no detector for {args.concept!r}.")
+    apply_adapter(model, args.run)
+    checkpoints = sorted(args.run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        parser.error(f"{args.run} has no checkpoint-* directory; is it a Dark Miner run?")
+    tensors = load_tensors(checkpoints[-1] / "embeddings.safetensors")
+    space = json.loads((args.run / ERASURE_CONFIG_NAME).read_text())["config"]["mining"]["embedding_space"]
+    generator = torch.Generator().manual_seed(0)
+    sampler = dict(
+        num_images_per_prompt=args.images, num_inference_steps=args.steps, guidance_scale=args.guidance_scale
+    )
+    print("entry  erased  original")
+    for i in range(sum(name.endswith(".embedding") for name in tensors)):
+        embedding = tensors[f"{i}.embedding"].to(model.device)
+        cond = model.encode_prompt(token_embeds=embedding) if space == "token" else embedding
+        with torch.no_grad():
+            latents = model.prepare_latents(args.images, generator=generator)
+            erased = model.generate(cond=cond, latents=latents.clone(), **sampler)
+            with disable_lora(model.unet):
+                original = model.generate(cond=cond, latents=latents.clone(), **sampler)
+        shares = [float(detector(images).decisions.float().mean()) for images in (erased, original)]
+        print(f"{i:5d}  {shares[0]:6.2f}  {shares[1]:8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
