@@ -1,4 +1,4 @@
-"""Which model draws the circumventing images x of Eq. 7-8 (A13): the frozen original, or the adapted model."""
+"""The circumventing images x of Eq. 7-8 (A13): drawn by the original or the adapted model, or the mined ones."""
 
 from __future__ import annotations
 
@@ -35,4 +35,21 @@ def test_images_come_from_the_original_or_the_adapted_model():
 
 def test_unknown_image_model_is_refused():
     with pytest.raises(ValueError, match="circumvent.images_from"):
-        CircumventConfig(images_from="pool")
+        CircumventConfig(images_from="pool_images")
+
+
+def test_mined_images_are_the_pool_images_mining_used(tmp_path):
+    from darkminer.config import load_config
+    from darkminer.methods.base import ErasureRequest
+    from darkminer.testing import TINY_METHOD_OVERRIDES
+    from darkminer.training.checkpoint import load_tensors
+
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", "circumvent.images_from=mined"]
+    overrides.append("mining.images_per_loop=2")
+    DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
+        tiny_model(), ErasureRequest(concepts=["star"]), tmp_path
+    )
+    pool = load_tensors(tmp_path / "pool" / "concept-0.safetensors")["latents"]
+    latents = load_tensors(tmp_path / "checkpoint-1" / "embeddings.safetensors")["0.latents"]
+    assert len(latents) == 2
+    assert all(any(torch.equal(row, image) for image in pool) for row in latents)

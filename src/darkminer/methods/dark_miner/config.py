@@ -13,7 +13,7 @@ from ...config import check_fields, string_list
 _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
 _POOL_SOURCES = ("prompt", "concept_prompts")
-_IMAGE_MODELS = ("original", "adapted")
+_IMAGE_MODELS = ("original", "adapted", "mined")
 _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _OPTIMIZERS = ("sgd", "adam")
@@ -209,8 +209,9 @@ class CircumventConfig:
     images_from: str = field(
         default="original",
         metadata={
-            "help": "Which model draws the x of Eq. 7-8 from c: 'original' (theta', the paper) or 'adapted' (the "
-            "model as mined and verified, whose images from c show the concept) (A13)."
+            "help": "The x of Eq. 7-8: drawn from c by 'original' (theta', the paper) or by 'adapted' (the model as "
+            "mined and verified, whose images from c show the concept), or 'mined': the k pool images c was mined to "
+            "reproduce (images of the concept whichever model c draws it on) (A13)."
         },
     )
     current_prob: float = field(

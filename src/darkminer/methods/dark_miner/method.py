@@ -272,7 +272,8 @@ class DarkMiner:
     # ---- stage 3: circumventing (Eq. 7-8) --------------------------------------------------------------------
     @torch.no_grad()
     def _circumvent_images(self, model, embedding, generator) -> torch.Tensor:
-        """Latents of the x of Eq. 7-8: images the frozen original (or the adapted model, A13) draws from c."""
+        """Latents of the x of Eq. 7-8: images the frozen original (or the adapted model, A13) draws from c
+        (`images_from='mined'` takes the pool images mining used instead, in the loop)."""
         cfg = self.config
         adapters_off = disable_lora(model.unet) if cfg.circumvent.images_from == "original" else nullcontext()
         with adapters_off:
@@ -487,7 +488,10 @@ class DarkMiner:
             elif below == 0:
                 # A mined c that still reproduces the concept is circumvented; one below tau is not (§3.2.2).
                 tic = time.perf_counter()
-                latents = self._circumvent_images(model, embedding, generator)
+                if cfg.circumvent.images_from == "mined":  # the k pool images c reproduces
+                    latents = pools[concept][picks]
+                else:
+                    latents = self._circumvent_images(model, embedding, generator)
                 pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu()))
                 record.update(
                     circumvent=self._circumvent(model, pool, generator, run, loop),
