@@ -16,8 +16,9 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    probability 1 - r.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
-silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A15: several anchors, tau for another CLIP,
-which model draws x, which conditions l_p holds, the verification score), all fields of [`DarkMinerConfig`].
+silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A18: several anchors, tau for another CLIP,
+which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
+refined while circumventing), all fields of [`DarkMinerConfig`].
 """
 
 from __future__ import annotations
@@ -207,14 +208,14 @@ class DarkMiner:
             p.requires_grad_(False)
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([embedding], lr=cfg.lr)
         losses = LossRecorder("mining", run)
-        restarts, per_row = cfg.restarts, cfg.batch_size or len(x0)
+        restarts = cfg.restarts
         for step in tqdm(range(cfg.steps), desc=f"loop {loop} mining", leave=False, mininterval=2):
             for group in optimizer.param_groups:
                 group["lr"] = _step_lr(cfg.lr, step, cfg.lr_decay_step, cfg.lr_decay)
             if cfg.batch_size is None:  # every one of the k images, for each embedding
                 x = x0.repeat(restarts, 1, 1, 1)
             else:
-                x = x0[torch.randint(0, len(x0), (restarts * per_row,), generator=generator).to(model.device)]
+                x = x0[torch.randint(0, len(x0), (restarts * cfg.batch_size,), generator=generator).to(model.device)]
             noise = torch.randn(x.shape, generator=generator).to(x)
             t = torch.randint(0, model.num_train_timesteps, (len(x),), generator=generator).to(model.device)
             row_losses = self._mining_losses(model, embedding, x, noise, t)
