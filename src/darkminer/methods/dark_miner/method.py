@@ -318,7 +318,7 @@ class DarkMiner:
             t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=generator).to(model.device)
             x_t = model.add_noise(x0, noise, t)
             if cfg.refine_every and step % cfg.refine_every == 0:
-                conds[pick] = self._refine(model, mined[pick], refiner, x0, noise, t, x_t)
+                conds[pick] = self._refine(model, mined[pick], refiner, x0, noise, t)
             c, zero_c, neg_c = conds[pick]
             b = cfg.batch_size
             if len(anchors) == 1:  # no draw: one-anchor runs keep the random stream they always had
@@ -375,11 +375,10 @@ class DarkMiner:
         with torch.no_grad():
             return torch.cat([self._condition(model, s * embedding) for s in (1.0, 0.0, -1.0)])
 
-    def _refine(self, model, embedding, optimizer, x0, noise, t, x_t) -> torch.Tensor:
+    def _refine(self, model, embedding, optimizer, x0, noise, t) -> torch.Tensor:
         """A18: one step of Eq. 5 on a mined c against the adapters as they are now (their weights get no gradient),
         on the circumventing step's noisy images; returns c's new (c, 0*c, -c) conditionings."""
-        cond = self._condition(model, embedding).expand(len(x0), -1, -1)
-        loss = F.mse_loss(model.predict_noise(x_t, t, cond).float(), model.training_target(x0, noise, t).float())
+        (loss,) = self._mining_losses(model, embedding, x0, noise, t)
         (embedding.grad,) = torch.autograd.grad(loss, [embedding])
         _clip_norm(embedding.grad, self.config.mining.grad_clip)
         optimizer.step()
