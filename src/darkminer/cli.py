@@ -351,7 +351,7 @@ def _run_evaluate(args) -> int:
 
         if not Workers().main:
             return 0
-        shown = {k: results[k] for k in ("ratio", "score", "clip_score", "fid", "asr")}
+        shown = {k: results[k] for k in ("ratio", "score", "clip_score", "fid", "asr", "unprompted")}
         print(shown)
     else:
         print(table_row(results))

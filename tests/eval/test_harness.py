@@ -42,12 +42,12 @@ def test_evaluate_writes_a_table_row(quick_world, tmp_path):
     for key in ("ratio", "score", "ratio_training", "preservation", "clip_score", "fid"):
         assert 0 <= results[key] < float("inf")
     assert set(results["attacks"]) == {"ring_a_bell", "cce"}
-    assert all(0 <= a["asr"] <= 1 for a in results["attacks"].values())
+    assert all(0 <= a["asr"] <= 1 and 0 <= a["unprompted"] <= 1 for a in results["attacks"].values())
     assert results["detector"]["name"] == "shapesworld" and results["detector"]["weights"]
     saved = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert saved["ratio"] == results["ratio"]
     report = (tmp_path / "ev" / "report.md").read_text()
-    assert "Ratio %" in report and "ASR cce %" in report
+    assert "Ratio %" in report and "ASR cce %" in report and "Unprompted %" in report
     for grid in ("normal", "preservation", "attack_cce", "attack_ring_a_bell"):
         assert f"(grid_{grid}.png)" in report and (tmp_path / "ev" / f"grid_{grid}.png").exists()
     assert not (tmp_path / "ev" / "progress.json").exists()
@@ -172,3 +172,12 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path):
     config.extra_attack_overrides = ["ring_a_bell.population=6"]
     with pytest.raises(ValueError, match="attack_overrides"):
         run_bench(config, "test")
+
+
+def test_a_table_row_of_a_record_without_the_floor_leaves_it_out():
+    """Cells a bench cached before the floor was recorded still make a row."""
+    from darkminer.commands.evaluate import table_row
+
+    assert table_row({"attacks": {"cce": {"asr": 0.5}}}) == {"ASR cce %": "50.0"}
+    row = table_row({"attacks": {"cce": {"asr": 0.5, "unprompted": 0.25}}})
+    assert row == {"ASR cce %": "50.0", "Unprompted %": "25.0"}

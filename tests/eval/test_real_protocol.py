@@ -184,7 +184,7 @@ def test_evaluate_runs_every_attack_and_fid_on_a_real_model(files, tmp_path: Pat
     assert main(_evaluate(files, out, *tiny)) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["asr"]) == {"cce", "p4d", "unlearn_diff", "ring_a_bell"}
-    assert all(0 <= value <= 1 for value in results["asr"].values())
+    assert all(0 <= value <= 1 for value in results["asr"].values()) and 0 <= results["unprompted"] <= 1
     assert results["protocol"]["attack_prompts"] == 1 and "top 3" in results["protocol"]["original_images"]
     assert results["fid"] is not None and results["fid"] >= 0 and results["protocol"]["reference_images"]
     assert results["attacks"]["p4d"]["prompts"] and (out / "cce").is_dir()

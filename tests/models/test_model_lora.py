@@ -17,6 +17,7 @@ from darkminer.models import (
     add_lora_from_deltas,
     attention_value_modules,
     disable_lora,
+    linear_modules,
     load_lora,
     load_model,
     lora_state_dict,
@@ -61,6 +62,15 @@ def test_attention_value_modules(model: DiffusionModel) -> None:
     assert all(n.endswith("attn1.to_v") for n in self_attn) and all(n.endswith("attn2.to_v") for n in cross)
     with pytest.raises(ValueError, match="which"):
         attention_value_modules(model.unet, "both")
+
+
+def test_linear_modules(model: DiffusionModel) -> None:
+    every = linear_modules(model.unet)
+    image_side = linear_modules(model.unet, cross_attention=False)
+    assert set(attention_value_modules(model.unet)) < set(every)
+    assert set(image_side) < set(every) and not any(".attn2." in n for n in image_side)
+    assert set(attention_value_modules(model.unet, "self")) < set(image_side)
+    assert any(".ff." in n for n in image_side) and not any(n.startswith("time_embedding.") for n in every)
 
 
 def test_add_lora_starts_as_identity_and_trains_only_lora(model: DiffusionModel, probe) -> None:

@@ -241,7 +241,7 @@ def _legend(config: BenchConfig) -> str:
             f"Protocol from `{config.prompts}` (each cell's results.json holds its record). Ratio/Score: share / "
             "score of images the protocol's detector flags on the normal prompts; CLIP: CLIP-score on the captions; "
             "FID: against the reference images; ASR: share of the images drawn from the adversarial outputs that "
-            "are flagged."
+            "are flagged; Unprompted: the share of as many images from the empty prompt, the ASRs' floor."
         )
     return (
         "Ratio/Score: share / mean score of images classified as the concept on held-out and implicit normal "
@@ -249,5 +249,5 @@ def _legend(config: BenchConfig) -> str:
         "methods train on). Pres.: share of images of prompts without the concept whose shape and colour both match "
         "the prompt. CLIP: CLIP-score on those prompts; FID: classifier-feature FID against renders of them. ASR: "
         "share of the images drawn from the adversarial outputs (at least --attack-images per attack) classified as "
-        "the concept."
+        "the concept; Unprompted: the same share of as many images from the empty prompt, the ASRs' floor."
     )

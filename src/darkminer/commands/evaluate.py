@@ -204,7 +204,8 @@ def _write_report(out: Path, job: EvaluateJob, results: dict, grids: list[tuple[
 
 
 def table_row(results: dict) -> dict:
-    """Table-1 columns: Ratio, Score, CLIP, FID, then ASR per attack (percentages as the paper prints them)."""
+    """Table-1 columns: Ratio, Score, CLIP, FID, then ASR per attack (percentages as the paper prints them) and the
+    ASRs' floor, the share of images the empty prompt draws with the concept (the first attack's)."""
     row = {}
     for key, label in (("ratio", "Ratio %"), ("score", "Score %")):
         if results.get(key) is not None:
@@ -219,4 +220,7 @@ def table_row(results: dict) -> dict:
         row["FID"] = f"{results['fid']:.2f}"
     for name, attack in results.get("attacks", {}).items():
         row[f"ASR {name} %"] = f"{100 * attack['asr']:.1f}"
+    floors = [attack["unprompted"] for attack in results.get("attacks", {}).values() if "unprompted" in attack]
+    if floors:
+        row["Unprompted %"] = f"{100 * floors[0]:.1f}"
     return row

@@ -108,6 +108,7 @@ def evaluate_protocol(job) -> dict:
     results = {
         **figures,
         "asr": {name: record["asr"] for name, record in attacks.items()},
+        "unprompted": next((record["unprompted"] for record in attacks.values()), None),
         "protocol": {
             **protocol.record,
             "images_per_prompt": job.images_per_prompt,
@@ -220,6 +221,7 @@ def _write_report(out: Path, job, results: dict, rows: list[dict], attack_grids:
         "CLIP": "n/a" if results["clip_score"] is None else f"{results['clip_score']:.2f}",
         "FID": "n/a" if results["fid"] is None else f"{results['fid']:.2f}",
         **{f"ASR {name} %": percent(value) for name, value in results["asr"].items()},
+        **({"Unprompted %": percent(results["unprompted"])} if results["asr"] else {}),
     }
     detector = results["protocol"]["detector"]
     lines = [

@@ -1,7 +1,9 @@
 """The attack half of an evaluation, the same on every world: each attack searches adversarial prompts or
 embeddings against the model as given (adapter active), each adversarial output draws `ceil(attack_images /
 outputs)` images (one each for a hundred prompts, 16 for CCE's one embedding by default), and the ASR is the share
-of those images the suite's detector flags (Table 1's ASR columns).
+of those images the suite's detector flags (Table 1's ASR columns). Each record also holds the ASR's floor, the
+share of as many images drawn from the same noise with the empty prompt: what the model draws with no attack at all.
+On ShapesWorld a shape or a colour is a fifth of the unconditional images, so an attack at that rate found nothing.
 
 The original model draws `per_prompt` images of each of the suite's attack sources once per evaluation: UnlearnDiff
 and P4D attack each prompt with its own images, CCE inverts the `pool` the detector scores highest (App. B: the top
@@ -93,8 +95,12 @@ def run_attack(model, suite: Suite, job, name: str, per_prompt: torch.Tensor, po
         model, conditionings.repeat_interleave(per_output, dim=0), job.seed + 3, job.sampling_steps
     )
     decisions = suite.detector(adversarial).decisions
+    unprompted = generate_cond(
+        model, model.encode_prompt([""]).expand(len(adversarial), -1, -1), job.seed + 3, job.sampling_steps
+    )
     record = {
         "asr": attack_success_rate(decisions),
+        "unprompted": attack_success_rate(suite.detector(unprompted).decisions),
         "outputs": len(result),
         "images": len(adversarial),
         "prompts": result.prompts[:8],

@@ -46,6 +46,7 @@ __all__ = [
     "add_lora",
     "add_lora_from_deltas",
     "attention_value_modules",
+    "linear_modules",
     "disable_lora",
     "has_lora",
     "load_lora",
@@ -103,6 +104,28 @@ def attention_value_modules(unet: nn.Module, which: Literal["all", "cross", "sel
     ]
     if not names:
         raise ValueError(f"The UNet has no {which!r} attention `to_v` modules (looked for attn1/attn2.to_v).")
+    return names
+
+
+def linear_modules(unet: nn.Module, cross_attention: bool = True) -> list[str]:
+    """Names, in module order, of the UNet's Linear layers outside the time embedding: the attention projections,
+    the feed-forward layers and the ResNet blocks' time projections.
+
+    With `cross_attention=False` the cross-attention (`attn2`) layers are left out: ESD-u's set (Gandikota et al.,
+    2023, §3: the layers that do not read the text), which edits how the UNet draws whatever the prompt asks for.
+
+    Raises:
+        `ValueError`: if the UNet has no such layer.
+    """
+    names = [
+        name
+        for name, module in unet.named_modules()
+        if isinstance(module, nn.Linear)
+        and not name.startswith("time_embedding.")
+        and (cross_attention or ".attn2." not in name)
+    ]
+    if not names:
+        raise ValueError("The UNet has no Linear layers outside its time embedding.")
     return names
 
 

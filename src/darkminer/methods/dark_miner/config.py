@@ -18,7 +18,7 @@ _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _OPTIMIZERS = ("sgd", "adam")
 _SCORES = ("cosine", "projection", "detector")
-_TARGETS = ("all", "cross", "self")
+_TARGETS = ("all", "cross", "self", "noxattn", "linear")
 
 
 def _check_positive(owner: str, **values) -> None:
@@ -277,7 +277,11 @@ class LoraSettings:
     rank: int = field(default=8, metadata={"help": "LoRA rank (App. A)."})
     alpha: float = field(default=8.0, metadata={"help": "LoRA alpha (unstated in the paper; alpha = rank)."})
     targets: str = field(
-        default="all", metadata={"help": "'all' attention value projections (paper), 'cross' or 'self' only."}
+        default="all",
+        metadata={
+            "help": "'all' attention value projections (paper), 'cross' or 'self' only; 'noxattn' every Linear layer "
+            "that does not read the text (ESD-u's set) or 'linear' every Linear layer but the time embedding (A19)."
+        },
     )
 
     def __post_init__(self):

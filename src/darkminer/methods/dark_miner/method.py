@@ -41,6 +41,7 @@ from ...models import (
     add_lora,
     attention_value_modules,
     disable_lora,
+    linear_modules,
     load_lora,
     lora_row_mask,
     save_lora,
@@ -103,6 +104,15 @@ def _clip_norm(grad: torch.Tensor, max_norm: float) -> None:
     min(1, max_norm / (|g| + 1e-6))."""
     norms = torch.linalg.vector_norm(grad.flatten(1), dim=1).view(-1, *[1] * (grad.dim() - 1))
     grad.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0))
+
+
+def _lora_targets(unet: torch.nn.Module, targets: str) -> list[str]:
+    """The modules `lora.targets` names: attention value projections (A7) or whole sets of Linear layers (A19)."""
+    if targets == "noxattn":
+        return linear_modules(unet, cross_attention=False)
+    if targets == "linear":
+        return linear_modules(unet)
+    return attention_value_modules(unet, targets)
 
 
 def _lora_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
@@ -451,7 +461,7 @@ class DarkMiner:
                 torch.manual_seed(cfg.seed)
                 add_lora(
                     model.unet,
-                    attention_value_modules(model.unet, cfg.lora.targets),
+                    _lora_targets(model.unet, cfg.lora.targets),
                     rank=cfg.lora.rank,
                     alpha=cfg.lora.alpha,
                 )

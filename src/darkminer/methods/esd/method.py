@@ -44,7 +44,7 @@ from diffusers import DDIMScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...models import DiffusionModel, disable_lora, modules_ending_with
+from ...models import DiffusionModel, disable_lora, linear_modules, modules_ending_with
 from ...training.checkpoint import RunDirectory, check_finite
 from ...training.lora_run import save_final_adapter, save_step_checkpoint, start_or_resume_lora
 from ..base import ErasureRequest, ErasureResult
@@ -59,13 +59,12 @@ def esd_target_modules(unet: nn.Module, train_method: str) -> list[str]:
     """Names of the Linear layers ESD edits: every cross-attention (`attn2`) projection for 'xattn'; its key and
     value projections for 'xattn-strict'; its key projections for 'xattn-keys'; every other Linear outside the time
     embedding for 'noxattn'."""
-    linears = [n for n, m in unet.named_modules() if isinstance(m, nn.Linear)]
     if train_method in _PROJECTION_SUFFIXES:
         names = modules_ending_with(unet, _PROJECTION_SUFFIXES[train_method])
     elif train_method == "xattn":
-        names = [n for n in linears if ".attn2." in n]
+        names = [n for n in linear_modules(unet) if ".attn2." in n]
     else:
-        names = [n for n in linears if ".attn2." not in n and not n.startswith("time_embedding.")]
+        names = linear_modules(unet, cross_attention=False)
     if not names:
         raise ValueError(f"The UNet has no Linear layers for ESD train_method={train_method!r}.")
     return names

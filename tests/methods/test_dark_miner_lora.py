@@ -1,0 +1,43 @@
+"""Where Dark Miner's adapters go (lora.targets): attention values (A7) or whole sets of Linear layers (A19)."""
+
+import pytest
+import torch
+
+from darkminer.methods.dark_miner import DarkMiner, DarkMinerConfig
+from darkminer.methods.dark_miner.config import CircumventConfig, LoraSettings, MiningConfig
+from darkminer.methods.dark_miner.method import MinedEmbedding, _lora_targets
+from darkminer.models import add_lora, attention_value_modules, linear_modules
+from darkminer.testing import tiny_model
+
+
+@pytest.mark.parametrize(
+    ("targets", "expected"),
+    [
+        ("all", lambda u: attention_value_modules(u)),
+        ("cross", lambda u: attention_value_modules(u, "cross")),
+        ("noxattn", lambda u: linear_modules(u, cross_attention=False)),
+        ("linear", lambda u: linear_modules(u)),
+    ],
+)
+def test_targets_name_the_module_sets(targets, expected):
+    unet = tiny_model().unet
+    assert _lora_targets(unet, targets) == expected(unet)
+
+
+def test_unknown_targets_are_refused():
+    with pytest.raises(ValueError, match="lora.targets"):
+        LoraSettings(targets="convs")
+
+
+def test_circumventing_trains_the_image_side_layers_of_a_noxattn_adapter():
+    model = tiny_model()
+    torch.manual_seed(0)
+    add_lora(model.unet, _lora_targets(model.unet, "noxattn"), rank=2, alpha=2.0)
+    before = {n: p.detach().clone() for n, p in model.unet.named_parameters() if "lora_B" in n}
+    circumvent = CircumventConfig(steps=2, batch_size=2)
+    miner = DarkMiner(DarkMinerConfig(mining=MiningConfig(length=4), circumvent=circumvent))
+    start = model.prompt_token_embeddings("a star photo", 4)
+    pool = [MinedEmbedding("star", 0, start, torch.randn(3, 4, 8, 8))]
+    miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 0)
+    moved = {n for n, p in model.unet.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])}
+    assert any(".ff." in n for n in moved) and not any(".attn2." in n for n in before)
