@@ -179,6 +179,14 @@ class CircumventConfig:
     grad_clip: float = field(default=100.0, metadata={"help": "Gradient-norm clip (App. A)."})
     alpha_c: float = field(default=1.0, metadata={"help": "Weight of l_c (Eq. 7)."})
     alpha_p: float = field(default=0.5, metadata={"help": "Weight of l_p (Eq. 8)."})
+    alpha_u: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of l_u (A20, not in the paper): the empty prompt's prediction on the step's images pulled "
+            "to the original's at c0, as l_c pulls c's, so that the model draws the concept less with no prompt "
+            "(the floor of every attack's ASR). 0: off. Excludes 'unconditional' from preserve."
+        },
+    )
     preserve: list[str] = field(
         default_factory=lambda: list(_PAPER_PRESERVED_TERMS),
         metadata={
@@ -266,8 +274,16 @@ class CircumventConfig:
             )
         self.preserve = [term for term in _PRESERVED_TERMS if term in preserve]  # one order: one run config
         self.preserve_prompts = string_list("circumvent", "preserve_prompts", self.preserve_prompts)
-        if self.alpha_c < 0 or self.alpha_p < 0:
-            raise ValueError(f"circumvent.alpha_c and alpha_p must be >= 0, got {self.alpha_c}, {self.alpha_p}.")
+        if min(self.alpha_c, self.alpha_p, self.alpha_u) < 0:
+            raise ValueError(
+                f"circumvent.alpha_c, alpha_p and alpha_u must be >= 0, got {self.alpha_c}, {self.alpha_p}, "
+                f"{self.alpha_u}."
+            )
+        if self.alpha_u > 0 and "unconditional" in self.preserve:
+            raise ValueError(
+                "circumvent.alpha_u > 0 moves the empty prompt's prediction, which preserve's 'unconditional' holds; "
+                "drop 'unconditional' from circumvent.preserve or set alpha_u to 0."
+            )
 
 
 @dataclass

@@ -306,8 +306,8 @@ class DarkMiner:
         with torch.no_grad():
             anchors = model.encode_prompt(cfg.anchor)  # (A, L, D): one row per anchor prompt
             held = model.encode_prompt(cfg.preserve_prompts) if cfg.preserve_prompts else None
-            # what classifier-free guidance subtracts, encoded only when l_p holds it
-            empty = model.encode_unconditional() if "unconditional" in cfg.preserve else None
+            # what classifier-free guidance subtracts, encoded only when l_p holds it or l_u moves it (A20)
+            empty = model.encode_unconditional() if "unconditional" in cfg.preserve or cfg.alpha_u else None
             mined = [e.embedding.to(model.device) for e in pool]
             # (c, 0*c, -c) conditionings of each pool entry, computed once (again after each A18 step on that c).
             conds = [self._signed_conditions(model, e) for e in mined]
@@ -350,7 +350,8 @@ class DarkMiner:
                 names.append("prompts")
             others = [name for name in names if name != "anchor"]
             frozen = torch.cat([anchor, *(terms[name] for name in others)])
-            adapted = torch.cat([c[None].expand(b, -1, -1), *(terms[name] for name in names)])
+            moved = [c[None].expand(b, -1, -1)] + ([empty.expand(b, -1, -1)] if cfg.alpha_u else [])
+            adapted = torch.cat([*moved, *(terms[name] for name in names)])
             # one_call: one UNet call, the frozen rows seeing no adapter, so that they are the original's targets; the
             # mask stays on through backward, which recomputes activations under gradient checkpointing.
             rows = torch.arange(len(frozen) + len(adapted), device=frozen.device) >= len(frozen)
@@ -365,16 +366,18 @@ class DarkMiner:
                 targets = dict(zip(["anchor", *others], target.float().split(b), strict=True))
                 pred_c, *preserved = preds.float().split(b)
                 l_c = F.mse_loss(pred_c, targets["anchor"])
+                # A20: l_u pulls the empty prompt's prediction on the same x_t to the same target
+                l_u = F.mse_loss(preserved.pop(0), targets["anchor"]) if cfg.alpha_u else pred_c.new_zeros(())
                 l_p = sum(
                     (F.mse_loss(p, targets[name]) for p, name in zip(preserved, names, strict=True)),
                     pred_c.new_zeros(()),
                 )
-                loss = cfg.alpha_c * l_c + cfg.alpha_p * l_p
+                loss = cfg.alpha_c * l_c + cfg.alpha_p * l_p + cfg.alpha_u * l_u
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
-            history.add(step, l_c=l_c, l_p=l_p, loss=loss)
+            history.add(step, l_c=l_c, l_p=l_p, **({"l_u": l_u} if cfg.alpha_u else {}), loss=loss)
         if cfg.refine_every:  # later loops replay the refined embeddings
             for entry, embedding in zip(pool, mined, strict=True):
                 entry.embedding = embedding.detach().cpu()

@@ -1,0 +1,65 @@
+"""A20: l_u pulls the empty prompt's prediction on the circumventing images to the original's at c0."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from darkminer.config import load_config
+from darkminer.methods.base import ErasureRequest
+from darkminer.methods.dark_miner import DarkMiner, DarkMinerConfig
+from darkminer.methods.dark_miner.config import CircumventConfig, MiningConfig
+from darkminer.methods.dark_miner.method import MinedEmbedding
+from darkminer.models import add_lora, attention_value_modules, disable_lora
+from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
+
+
+def test_alpha_u_with_the_empty_prompt_held_is_refused():
+    with pytest.raises(ValueError, match="unconditional"):
+        CircumventConfig(alpha_u=1.0, preserve=["anchor", "unconditional"])
+    with pytest.raises(ValueError, match="alpha_u"):
+        CircumventConfig(alpha_u=-1.0)
+
+
+def test_l_u_is_logged_only_when_on(tmp_path):
+    def records(directory, *extra):
+        overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", *extra]
+        DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
+            tiny_model(), ErasureRequest(concepts=["star"]), directory
+        )
+        lines = (directory / "log.jsonl").read_text().splitlines()
+        return [r["circumvent"] for r in map(json.loads, lines) if "circumvent" in r]
+
+    assert all("l_u" not in r for r in records(tmp_path / "off"))
+    on = records(tmp_path / "on", "circumvent.alpha_u=1.0")
+    assert on and all(len(r["l_u"]) == len(r["l_c"]) for r in on)
+
+
+def _empty_to_anchor_gap(model, x_t, t, anchor) -> float:
+    with torch.no_grad():
+        empty = model.predict_noise(x_t, t, model.encode_unconditional(len(x_t)))
+        with disable_lora(model.unet):
+            target = model.predict_noise(x_t, t, anchor.expand(len(x_t), -1, -1))
+    return float(F.mse_loss(empty, target))
+
+
+def test_l_u_alone_brings_the_empty_prompts_prediction_to_the_anchors():
+    model = tiny_model()
+    torch.manual_seed(0)
+    add_lora(model.unet, attention_value_modules(model.unet), rank=4, alpha=4.0)
+    images = torch.randn(4, 4, 8, 8)
+    generator = torch.Generator().manual_seed(1)
+    t = torch.randint(0, model.num_train_timesteps, (4,), generator=generator)
+    x_t = model.add_noise(images, torch.randn(images.shape, generator=generator), t)
+    anchor = model.encode_prompt(["a photo"])
+    before = _empty_to_anchor_gap(model, x_t, t, anchor)
+    circumvent = CircumventConfig(
+        steps=40, batch_size=4, optimizer="adam", lr=0.01, alpha_c=0.0, alpha_p=0.0, alpha_u=1.0, preserve=[]
+    )
+    miner = DarkMiner(DarkMinerConfig(mining=MiningConfig(length=4), circumvent=circumvent))
+    pool = [MinedEmbedding("star", 0, model.prompt_token_embeddings("a star photo", 4), images)]
+    miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 0)
+    assert _empty_to_anchor_gap(model, x_t, t, anchor) < 0.5 * before
