@@ -12,13 +12,14 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
 3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections so that the mined c predicts
    what the frozen original predicts for the anchor c0, l_c = ||eps_theta(x_t|c) - eps_theta'(x_t|c0)||^2,
    while keeping c0, 0*c and -c as they were, l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is
-   alpha_c l_c + alpha_p l_p. x is drawn from c by the original. Each step replays an earlier mined embedding with
-   probability 1 - r.
+   alpha_c l_c + alpha_p l_p (+ alpha_u l_u, A20: l_c with the empty prompt in place of c). x is drawn from c by
+   the original. Each step replays an earlier mined embedding with probability 1 - r.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
-silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A18: several anchors, tau for another CLIP,
+silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A20: several anchors, tau for another CLIP,
 which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
-refined while circumventing), all fields of [`DarkMinerConfig`].
+refined while circumventing, adapters on every Linear layer, the empty prompt moved), all fields of
+[`DarkMinerConfig`].
 """
 
 from __future__ import annotations
