@@ -130,6 +130,20 @@ def test_plain_diffusers_loads_our_adapter(lora_dir: Path, tiny_dir: Path, probe
     assert pipe.unet.peft_config["default_0"].lora_alpha == 8  # the header carried the config, not a guess
 
 
+def test_plain_diffusers_loads_an_adapter_on_every_linear_layer(tiny_dir: Path, tmp_path: Path, probe) -> None:
+    """Dark Miner's `lora.targets=linear` (A19) reaches the feed-forward layers and the ResNet time projections."""
+    ours = load_model(tiny_dir)
+    add_lora(ours.unet, linear_modules(ours.unet), rank=2, alpha=2)
+    _perturb(ours)
+    directory = save_lora(ours.unet, tmp_path / "adapter", {"method": "test"})
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(directory)
+    latents, timesteps, cond = probe
+    with torch.no_grad():
+        theirs = pipe.unet(latents, timesteps, encoder_hidden_states=cond).sample
+    torch.testing.assert_close(theirs, _predict(ours, probe), atol=1e-6, rtol=0)
+
+
 def test_load_falls_back_to_header_config(lora_dir: Path, adapted: DiffusionModel, probe) -> None:
     (lora_dir / ADAPTER_CONFIG_NAME).unlink()
     fresh = tiny_model(seed=0)
