@@ -41,3 +41,22 @@ def test_circumventing_trains_the_image_side_layers_of_a_noxattn_adapter():
     miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 0)
     moved = {n for n, p in model.unet.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])}
     assert any(".ff." in n for n in moved) and not any(".attn2." in n for n in before)
+
+
+def test_an_erase_with_adapters_on_every_linear_layer_reloads_as_it_ran(tmp_path):
+    from darkminer.config import load_config
+    from darkminer.methods.base import ErasureRequest
+    from darkminer.models import load_lora
+    from darkminer.testing import TINY_METHOD_OVERRIDES
+
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", "lora.targets=linear"]
+    model = tiny_model()
+    DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(model, ErasureRequest(concepts=["star"]), tmp_path)
+    probe = (torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500]))
+    cond = model.encode_prompt(["a star photo"])
+    fresh = tiny_model()
+    load_lora(fresh, tmp_path)
+    adapted = {n for n, _ in fresh.unet.named_modules() if n.endswith(".lora_A")}
+    assert any(".ff." in n for n in adapted) and any("time_emb_proj" in n for n in adapted)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.predict_noise(*probe, cond), model.predict_noise(*probe, cond))

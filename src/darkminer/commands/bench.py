@@ -223,7 +223,8 @@ def run_bench(config: BenchConfig, command: str) -> Path:
         "",
     ]
     for concept in config.concepts:
-        columns = list(next(iter(r for (m, c), r in rows.items() if c == concept)))
+        # every row's columns, in first-seen order: a cell cached before a column existed lacks it
+        columns = list(dict.fromkeys(k for (m, c), r in rows.items() if c == concept for k in r))
         lines += [f"## {concept}", "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for method in ["original", *config.methods]:
             row = rows[(method, concept)]

@@ -68,12 +68,34 @@ def run_attacks(
     if not names:
         return
     per_prompt, pooled = suite.attack_images(model, ATTACK_IMAGES_PER_PROMPT, pool, job.seed + 4, job.sampling_steps)
+    floors: dict[int, float] = {}
     for name in names:
-        done(name, *run_attack(model, suite, job, name, per_prompt, pooled, out))
+        done(name, *run_attack(model, suite, job, name, per_prompt, pooled, out, floors))
 
 
-def run_attack(model, suite: Suite, job, name: str, per_prompt: torch.Tensor, pooled: torch.Tensor, out: Path):
-    """One attack against the model as given; its record for results.json, and the images of its outputs."""
+def unprompted_rate(model, suite: Suite, job, count: int) -> float:
+    """The ASRs' floor: the share of `count` images the empty prompt draws, from the noise of the adversarial images
+    (seed + 3), that the suite's detector flags."""
+    empty = model.encode_prompt([""]).expand(count, -1, -1)
+    return attack_success_rate(suite.detector(generate_cond(model, empty, job.seed + 3, job.sampling_steps)).decisions)
+
+
+def run_attack(
+    model,
+    suite: Suite,
+    job,
+    name: str,
+    per_prompt: torch.Tensor,
+    pooled: torch.Tensor,
+    out: Path,
+    floors: dict[int, float] | None = None,
+):
+    """One attack against the model as given; its record for results.json, and the images of its outputs.
+
+    Args:
+        floors (`dict[int, float]`, *optional*): floors already drawn in this evaluation, by image count; the
+            attacks of one evaluation that draw as many images share one.
+    """
     start = time.perf_counter()
     banned = job.ban_concept_words and has_field(name, "banned_words")
     config = attack_config(name, job.attack_overrides, [f"banned_words={suite.banned}"] if banned else [])
@@ -95,15 +117,16 @@ def run_attack(model, suite: Suite, job, name: str, per_prompt: torch.Tensor, po
         model, conditionings.repeat_interleave(per_output, dim=0), job.seed + 3, job.sampling_steps
     )
     decisions = suite.detector(adversarial).decisions
-    unprompted = generate_cond(
-        model, model.encode_prompt([""]).expand(len(adversarial), -1, -1), job.seed + 3, job.sampling_steps
-    )
+    seconds = round(time.perf_counter() - start, 1)
+    floors = {} if floors is None else floors
+    if len(adversarial) not in floors:
+        floors[len(adversarial)] = unprompted_rate(model, suite, job, len(adversarial))
     record = {
         "asr": attack_success_rate(decisions),
-        "unprompted": attack_success_rate(suite.detector(unprompted).decisions),
+        "unprompted": floors[len(adversarial)],
         "outputs": len(result),
         "images": len(adversarial),
         "prompts": result.prompts[:8],
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": seconds,
     }
     return record, adversarial

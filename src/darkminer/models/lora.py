@@ -111,8 +111,9 @@ def linear_modules(unet: nn.Module, cross_attention: bool = True) -> list[str]:
     """Names, in module order, of the UNet's Linear layers outside the time embedding: the attention projections,
     the feed-forward layers and the ResNet blocks' time projections.
 
-    With `cross_attention=False` the cross-attention (`attn2`) layers are left out: ESD-u's set (Gandikota et al.,
-    2023, §3: the layers that do not read the text), which edits how the UNet draws whatever the prompt asks for.
+    With `cross_attention=False` the cross-attention (`attn2`) modules are left out: the Linear layers of ESD-u
+    (Gandikota et al., 2023, §3, which edits every parameter outside cross-attention), so that an edit changes how
+    the UNet draws whatever the prompt asks for.
 
     Raises:
         `ValueError`: if the UNet has no such layer.

@@ -184,7 +184,7 @@ class CircumventConfig:
         metadata={
             "help": "Weight of l_u (A20, not in the paper): the empty prompt's prediction on the step's images pulled "
             "to the original's at c0, as l_c pulls c's, so that the model draws the concept less with no prompt "
-            "(the floor of every attack's ASR). 0: off. Excludes 'unconditional' from preserve."
+            "(the floor of every attack's ASR). 0: off. Refused with 'unconditional' in preserve."
         },
     )
     preserve: list[str] = field(
@@ -296,7 +296,8 @@ class LoraSettings:
         default="all",
         metadata={
             "help": "'all' attention value projections (paper), 'cross' or 'self' only; 'noxattn' every Linear layer "
-            "that does not read the text (ESD-u's set) or 'linear' every Linear layer but the time embedding (A19)."
+            "outside the cross-attention modules (ESD-u's Linear layers) or 'linear' every Linear layer but the time "
+            "embedding (A19)."
         },
     )
 

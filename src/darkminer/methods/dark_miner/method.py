@@ -9,8 +9,9 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    s(c) = mean_{x_e} cos(Enc(x_c) - Enc(x_r), Enc(x_e) - Enc(x_r)) with CLIP image features over the k pool
    images x_e (or, with `verify.score='projection'`, how far x_c moves from x_r along the pool's mean delta; A15).
    If s(c) < tau the concept is no longer reachable (we require it `patience` loops in a row).
-3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections so that the mined c predicts
-   what the frozen original predicts for the anchor c0, l_c = ||eps_theta(x_t|c) - eps_theta'(x_t|c0)||^2,
+3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections (or more layers, A19) so that
+   the mined c predicts what the frozen original predicts for the anchor c0, l_c = ||eps_theta(x_t|c) -
+   eps_theta'(x_t|c0)||^2,
    while keeping c0, 0*c and -c as they were, l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is
    alpha_c l_c + alpha_p l_p (+ alpha_u l_u, A20: l_c with the empty prompt in place of c). x is drawn from c by
    the original. Each step replays an earlier mined embedding with probability 1 - r.
