@@ -10,11 +10,11 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    images x_e (or, with `verify.score='projection'`, how far x_c moves from x_r along the pool's mean delta; A15).
    If s(c) < tau the concept is no longer reachable (we require it `patience` loops in a row).
 3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections (or more layers, A19) so that
-   the mined c predicts what the frozen original predicts for the anchor c0, l_c = ||eps_theta(x_t|c) -
-   eps_theta'(x_t|c0)||^2,
-   while keeping c0, 0*c and -c as they were, l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is
-   alpha_c l_c + alpha_p l_p (+ alpha_u l_u, A20: l_c with the empty prompt in place of c). x is drawn from c by
-   the original. Each step replays an earlier mined embedding with probability 1 - r.
+   the mined c predicts what the frozen original predicts for the anchor c0,
+   l_c = ||eps_theta(x_t|c) - eps_theta'(x_t|c0)||^2, while keeping c0, 0*c and -c as they were,
+   l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is alpha_c l_c + alpha_p l_p (+ alpha_u l_u,
+   A20: l_c with the empty prompt in place of c). x is drawn from c by the original. Each step replays an earlier
+   mined embedding with probability 1 - r.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
 silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A20: several anchors, tau for another CLIP,
