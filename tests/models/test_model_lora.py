@@ -118,14 +118,19 @@ def test_save_load_round_trip(lora_dir: Path, adapted: DiffusionModel, probe) ->
     torch.testing.assert_close(_predict(fresh, probe), expected, atol=0, rtol=0)
 
 
+def _plain_diffusers(tiny_dir: Path, adapter_dir: Path, probe) -> tuple[StableDiffusionPipeline, torch.Tensor]:
+    """A plain diffusers pipeline with the adapter loaded by `load_lora_weights`, and its UNet's prediction."""
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(adapter_dir)
+    latents, timesteps, cond = probe
+    with torch.no_grad():
+        return pipe, pipe.unet(latents, timesteps, encoder_hidden_states=cond).sample
+
+
 def test_plain_diffusers_loads_our_adapter(lora_dir: Path, tiny_dir: Path, probe) -> None:
     ours = load_model(tiny_dir)
     load_lora(ours, lora_dir)
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None, requires_safety_checker=False)
-    pipe.load_lora_weights(lora_dir)
-    latents, timesteps, cond = probe
-    with torch.no_grad():
-        theirs = pipe.unet(latents, timesteps, encoder_hidden_states=cond).sample
+    pipe, theirs = _plain_diffusers(tiny_dir, lora_dir, probe)
     torch.testing.assert_close(theirs, _predict(ours, probe), atol=1e-6, rtol=0)
     assert pipe.unet.peft_config["default_0"].lora_alpha == 8  # the header carried the config, not a guess
 
@@ -136,11 +141,7 @@ def test_plain_diffusers_loads_an_adapter_on_every_linear_layer(tiny_dir: Path, 
     add_lora(ours.unet, linear_modules(ours.unet), rank=2, alpha=2)
     _perturb(ours)
     directory = save_lora(ours.unet, tmp_path / "adapter", {"method": "test"})
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None, requires_safety_checker=False)
-    pipe.load_lora_weights(directory)
-    latents, timesteps, cond = probe
-    with torch.no_grad():
-        theirs = pipe.unet(latents, timesteps, encoder_hidden_states=cond).sample
+    _, theirs = _plain_diffusers(tiny_dir, directory, probe)
     torch.testing.assert_close(theirs, _predict(ours, probe), atol=1e-6, rtol=0)
 
 

@@ -76,8 +76,8 @@ def run_attacks(
 def unprompted_rate(model, suite: Suite, job, count: int) -> float:
     """The ASRs' floor: the share of `count` images the empty prompt draws, from the noise of the adversarial images
     (seed + 3), that the suite's detector flags."""
-    empty = model.encode_prompt([""]).expand(count, -1, -1)
-    return attack_success_rate(suite.detector(generate_cond(model, empty, job.seed + 3, job.sampling_steps)).decisions)
+    empty = generate_cond(model, model.encode_unconditional(count), job.seed + 3, job.sampling_steps)
+    return attack_success_rate(suite.detector(empty).decisions)
 
 
 def run_attack(
