@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from darkminer.cli import main
+from darkminer.commands import bench
 from darkminer.commands.bench import BenchConfig, run_bench
 from darkminer.commands.evaluate import EvaluateJob, evaluate
 
@@ -145,7 +148,7 @@ def test_evaluate_refuses_unknown_attack(quick_world, tmp_path, capsys):
     assert "registered attacks" in capsys.readouterr().err
 
 
-def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path):
+def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     config = BenchConfig(
         model=str(quick_world),
         methods=["dark_miner"],
@@ -171,6 +174,20 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path):
     # A finished cell is not reused under other evaluation settings: its numbers would not be comparable.
     config.extra_attack_overrides = ["ring_a_bell.population=6"]
     with pytest.raises(ValueError, match="attack_overrides"):
+        run_bench(config, "test")
+    config.extra_attack_overrides = ["ring_a_bell.population=8"]
+
+    # Nor after a preset or an attack's default changed, which no setting of the bench names.
+    preset = Path(config.method_config("dark_miner", "star"))
+    changed = tmp_path / "preset.yaml"
+    changed.write_text(preset.read_text() + "seed: 7\n")
+    monkeypatch.setattr(BenchConfig, "method_config", lambda self, method, concept: str(changed))
+    with pytest.raises(ValueError, match="dark_miner's config"):
+        run_bench(config, "test")
+    monkeypatch.undo()
+    resolved = bench.attack_config
+    monkeypatch.setattr(bench, "attack_config", lambda *a: dataclasses.replace(resolved(*a), eta=5.5))
+    with pytest.raises(ValueError, match="ring_a_bell's config"):
         run_bench(config, "test")
 
 

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 from ..attacks import get_attack, list_attacks
-from ..config import ConfigError
+from ..config import ConfigError, load_config
+from ..eval.attacks import attack_config, jsonable_config
 from ..methods import get_method, list_methods
+from ..models.adapters import ERASURE_CONFIG_NAME
 from ..models.runtime import ModelSource
 from ..protocols import ProtocolOptions
 from .erase import EraseJob, run_erase
@@ -176,6 +178,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
         differ = sorted(
             k for k in wanted if k not in _WHERE and results.get("job", {}).get(k, _DEFAULTS.get(k)) != wanted[k]
         )
+        differ += _stale_configs(config, method, concept, job, results, adapter)
         if differ:
             raise ConfigError(
                 f"The bench cell {cell_dir} was finished with other settings ({', '.join(differ)}); pass another "
@@ -192,14 +195,39 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
                 alternative=config.alternative_of(concept) if method == "all_but_one" else None,
                 config_file=config.method_config(method, concept),
                 clip=config.clip,
-                overrides=[
-                    *(QUICK_METHOD_OVERRIDES.get(method, []) if config.quick else []),
-                    *config.extra_method_overrides.get(method, []),
-                ],
+                overrides=_method_overrides(config, method),
                 report=False,
             )
         )
     return evaluate(job)
+
+
+def _stale_configs(
+    config: BenchConfig, method: str, concept: str, job: EvaluateJob, results: dict, adapter: str | None
+) -> list[str]:
+    """What a finished cell ran with that its method's and attacks' configs now resolve to otherwise: a changed
+    preset or default, or a cell from before results recorded them."""
+    stale = []
+    for name in job.attacks:
+        done = results.get("attacks", {}).get(name, {}).get("config")
+        if done != jsonable_config(attack_config(name, job.attack_overrides, [])):
+            stale.append(f"{name}'s config")
+    if adapter is not None:
+        erased = Path(adapter) / ERASURE_CONFIG_NAME
+        done = json.loads(erased.read_text()).get("config") if erased.is_file() else None
+        wanted = load_config(
+            get_method(method).config_class, config.method_config(method, concept), _method_overrides(config, method)
+        )
+        if done != jsonable_config(wanted):
+            stale.append(f"{method}'s config")
+    return stale
+
+
+def _method_overrides(config: BenchConfig, method: str) -> list[str]:
+    return [
+        *(QUICK_METHOD_OVERRIDES.get(method, []) if config.quick else []),
+        *config.extra_method_overrides.get(method, []),
+    ]
 
 
 def run_bench(config: BenchConfig, command: str) -> Path:

@@ -13,6 +13,7 @@ and P4D attack each prompt with its own images, CCE inverts the `pool` the detec
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,11 @@ def attack_config(name: str, overrides: list[str], extra: list[str]):
     """The config of attack `name`: its defaults, then `extra`, then the '<attack>.<field>=value' overrides."""
     mine = [o.split(".", 1)[1] for o in overrides if o.startswith(f"{name}.")]
     return load_config(get_attack(name).config_class, None, [*extra, *mine])
+
+
+def jsonable_config(config) -> dict:
+    """A resolved config as results.json holds it (tuples as lists), to compare a finished result with a config."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def has_field(attack: str, name: str) -> bool:
@@ -128,5 +134,6 @@ def run_attack(
         "images": len(adversarial),
         "prompts": result.prompts[:8],
         "seconds": seconds,
+        "config": jsonable_config(config),
     }
     return record, adversarial
