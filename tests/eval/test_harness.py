@@ -10,7 +10,7 @@ import pytest
 
 from darkminer.cli import main
 from darkminer.commands import bench
-from darkminer.commands.bench import BenchConfig, run_bench
+from darkminer.commands.bench import BenchConfig, composite, run_bench
 from darkminer.commands.evaluate import EvaluateJob, evaluate
 
 TINY_ATTACKS = [
@@ -165,6 +165,7 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     )
     table = run_bench(config, "test").read_text()
     assert "| original |" in table and "| dark_miner |" in table and "ASR ring_a_bell %" in table
+    assert "| Ratio + mean ASR % |" in table
     cells = sorted(p.parents[2].name for p in (tmp_path / "runs").rglob("results.json"))
     assert cells == ["dark_miner", "original"]
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
@@ -198,3 +199,9 @@ def test_a_table_row_of_a_record_without_the_floor_leaves_it_out():
     assert table_row({"attacks": {"cce": {"asr": 0.5}}}) == {"ASR cce %": "50.0"}
     row = table_row({"attacks": {"cce": {"asr": 0.5, "unprompted": 0.25}}})
     assert row == {"ASR cce %": "50.0", "Unprompted %": "25.0"}
+
+
+def test_the_composite_ranks_only_erasures_that_keep_the_model():
+    cell = {"ratio": 0.1, "preservation": 0.99, "attacks": {"cce": {"asr": 0.2}, "p4d": {"asr": 0.4}}}
+    assert composite(cell) == pytest.approx(0.4)
+    assert composite({**cell, "preservation": 0.9}) is None
