@@ -205,3 +205,20 @@ def test_the_composite_ranks_only_erasures_that_keep_the_model():
     cell = {"ratio": 0.1, "preservation": 0.99, "attacks": {"cce": {"asr": 0.2}, "p4d": {"asr": 0.4}}}
     assert composite(cell) == pytest.approx(0.4)
     assert composite({**cell, "preservation": 0.9}) is None
+
+
+def test_a_method_without_a_shapesworld_preset_gets_a_row_saying_so(quick_world, tmp_path):
+    config = BenchConfig(
+        model=str(quick_world),
+        methods=["uce"],
+        concepts=["triangle"],
+        attacks=["cce"],
+        runs_dir=str(tmp_path / "runs"),
+        output=str(tmp_path / "table.md"),
+        quick=True,
+        extra_attack_overrides=["cce.steps=2", "cce.num_images=2"],
+        sampling_steps=2,
+    )
+    table = run_bench(config, "test").read_text()
+    assert "| uce | no preset |" in table and "| original |" in table
+    assert not (tmp_path / "runs" / "quick" / "uce").exists()

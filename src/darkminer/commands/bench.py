@@ -148,6 +148,19 @@ class BenchConfig(ModelSource, ProtocolOptions):
             return str(preset_path(method, concept))
         return self.method_configs.get(method)
 
+    def has_preset(self, method: str, concept: str) -> bool:
+        """Whether the bench can run `method` on `concept`: on ShapesWorld, only with a packaged preset (the others
+        make a "no preset" row); under a protocol, always."""
+        if self.suite != "shapesworld" or method == "original":
+            return True
+        from .demo import preset_path
+
+        try:
+            preset_path(method, concept)
+        except ConfigError:
+            return False
+        return True
+
     def alternative_of(self, concept: str) -> str | None:
         return ALTERNATIVES.get(concept) if self.suite == "shapesworld" else self.alternative
 
@@ -241,6 +254,9 @@ def run_bench(config: BenchConfig, command: str) -> Path:
     rows, composites = {}, {}
     for method in ["original", *config.methods]:
         for concept in config.concepts:
+            if not config.has_preset(method, concept):
+                rows[(method, concept)] = None
+                continue
             results = _cell(config, method, concept)
             rows[(method, concept)] = table_row(results)
             if config.suite == "shapesworld":
@@ -260,11 +276,12 @@ def run_bench(config: BenchConfig, command: str) -> Path:
     ]
     for concept in config.concepts:
         # every row's columns, in first-seen order: a cell cached before a column existed lacks it
-        columns = list(dict.fromkeys(k for (m, c), r in rows.items() if c == concept for k in r))
+        columns = list(dict.fromkeys(k for (m, c), r in rows.items() if c == concept and r for k in r))
         lines += [f"## {concept}", "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for method in ["original", *config.methods]:
             row = rows[(method, concept)]
-            lines.append(f"| {method} | " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+            cells = ["no preset", *[""] * (len(columns) - 1)] if row is None else [row.get(c, "") for c in columns]
+            lines.append(f"| {method} | " + " | ".join(str(cell) for cell in cells) + " |")
         lines.append("")
         ranked = sorted(
             (v, m) for (m, c), v in composites.items() if c == concept and m != "original" and v is not None
