@@ -196,6 +196,15 @@ class CircumventConfig:
             "when the erasure moves the empty prompt's prediction and guidance turns against other prompts (A14)."
         },
     )
+    preserve_relative: bool = field(
+        default=False,
+        metadata={
+            "help": "A21, not in the paper: l_p holds each preserved condition's guidance direction, "
+            "eps(x_t|u) - eps(x_t|empty), instead of its prediction, so that a move of the empty prompt (alpha_u) "
+            "shifts every guided prediction by as much instead of being multiplied by (guidance - 1) against it. "
+            "Refused with 'unconditional' in preserve."
+        },
+    )
     preserve_prompts: list[str] = field(
         default_factory=list,
         metadata={
@@ -278,6 +287,11 @@ class CircumventConfig:
             raise ValueError(
                 f"circumvent.alpha_c, alpha_p and alpha_u must be >= 0, got {self.alpha_c}, {self.alpha_p}, "
                 f"{self.alpha_u}."
+            )
+        if self.preserve_relative and "unconditional" in self.preserve:
+            raise ValueError(
+                "circumvent.preserve_relative holds each condition relative to the empty prompt, whose prediction "
+                "preserve's 'unconditional' holds too; drop one of them."
             )
         if self.alpha_u > 0 and "unconditional" in self.preserve:
             raise ValueError(

@@ -13,14 +13,15 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    the mined c predicts what the frozen original predicts for the anchor c0,
    l_c = ||eps_theta(x_t|c) - eps_theta'(x_t|c0)||^2, while keeping c0, 0*c and -c as they were,
    l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is alpha_c l_c + alpha_p l_p (+ alpha_u l_u,
-   A20: l_c with the empty prompt in place of c). x is drawn from c by the original. Each step replays an earlier
-   mined embedding with probability 1 - r.
+   A20: l_c with the empty prompt in place of c; with A21 each term of l_p compares eps(x_t|u) - eps(x_t|empty)
+   instead of eps(x_t|u)). x is drawn from c by the original. Each step replays an earlier mined embedding with
+   probability 1 - r.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
-silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A20: several anchors, tau for another CLIP,
+silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A21: several anchors, tau for another CLIP,
 which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
-refined while circumventing, adapters on every Linear layer, the empty prompt moved), all fields of
-[`DarkMinerConfig`].
+refined while circumventing, adapters on every Linear layer, the empty prompt moved, l_p relative to it), all fields
+of [`DarkMinerConfig`].
 """
 
 from __future__ import annotations
@@ -308,8 +309,10 @@ class DarkMiner:
         with torch.no_grad():
             anchors = model.encode_prompt(cfg.anchor)  # (A, L, D): one row per anchor prompt
             held = model.encode_prompt(cfg.preserve_prompts) if cfg.preserve_prompts else None
-            # what classifier-free guidance subtracts, encoded only when l_p holds it or l_u moves it (A20)
-            empty = model.encode_unconditional() if "unconditional" in cfg.preserve or cfg.alpha_u else None
+            # what classifier-free guidance subtracts, encoded only when l_p holds it, l_u moves it (A20), or l_p's
+            # terms are taken relative to it (A21)
+            uses_empty = "unconditional" in cfg.preserve or cfg.alpha_u or cfg.preserve_relative
+            empty = model.encode_unconditional() if uses_empty else None
             mined = [e.embedding.to(model.device) for e in pool]
             # (c, 0*c, -c) conditionings of each pool entry, computed once (again after each A18 step on that c).
             conds = [self._signed_conditions(model, e) for e in mined]
@@ -351,8 +354,12 @@ class DarkMiner:
                 terms["prompts"] = held[torch.randint(0, len(held), (b,), generator=generator)]
                 names.append("prompts")
             others = [name for name in names if name != "anchor"]
-            frozen = torch.cat([anchor, *(terms[name] for name in others)])
-            moved = [c[None].expand(b, -1, -1)] + ([empty.expand(b, -1, -1)] if cfg.alpha_u else [])
+            relative = ["empty"] if cfg.preserve_relative else []  # A21: the original's eps(x_t|empty) too
+            frozen = torch.cat(
+                [anchor, *(terms[name] for name in others), *(empty.expand(b, -1, -1) for _ in relative)]
+            )
+            moves_empty = cfg.alpha_u or cfg.preserve_relative
+            moved = [c[None].expand(b, -1, -1)] + ([empty.expand(b, -1, -1)] if moves_empty else [])
             adapted = torch.cat([*moved, *(terms[name] for name in names)])
             # one_call: one UNet call, the frozen rows seeing no adapter, so that they are the original's targets; the
             # mask stays on through backward, which recomputes activations under gradient checkpointing.
@@ -365,15 +372,19 @@ class DarkMiner:
                     with torch.no_grad(), disable_lora(model.unet):
                         target = _predict_at(model, x_t, t, frozen)
                     preds = _predict_at(model, x_t, t, adapted)
-                targets = dict(zip(["anchor", *others], target.float().split(b), strict=True))
+                targets = dict(zip(["anchor", *others, *relative], target.float().split(b), strict=True))
                 pred_c, *preserved = preds.float().split(b)
+                pred_u = preserved.pop(0) if moves_empty else None
                 l_c = F.mse_loss(pred_c, targets["anchor"])
                 # A20: l_u pulls the empty prompt's prediction on the same x_t to the same target
-                l_u = F.mse_loss(preserved.pop(0), targets["anchor"]) if cfg.alpha_u else pred_c.new_zeros(())
-                l_p = sum(
-                    (F.mse_loss(p, targets[name]) for p, name in zip(preserved, names, strict=True)),
-                    pred_c.new_zeros(()),
-                )
+                l_u = F.mse_loss(pred_u, targets["anchor"]) if cfg.alpha_u else pred_c.new_zeros(())
+                held_terms = []
+                for p, name in zip(preserved, names, strict=True):
+                    if relative:  # A21: eps(x_t|u) - eps(x_t|empty) held, whatever the empty prompt's does
+                        held_terms.append(F.mse_loss(p - pred_u, targets[name] - targets["empty"]))
+                    else:
+                        held_terms.append(F.mse_loss(p, targets[name]))
+                l_p = sum(held_terms, pred_c.new_zeros(()))
                 loss = cfg.alpha_c * l_c + cfg.alpha_p * l_p + cfg.alpha_u * l_u
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
