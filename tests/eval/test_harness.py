@@ -178,6 +178,13 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
         run_bench(config, "test")
     config.extra_attack_overrides = ["ring_a_bell.population=8"]
 
+    # A field added since a cell ran reads as its default, which keeps the behaviour it was added to.
+    erased = next((tmp_path / "runs").rglob("erasure_config.json"))
+    record = json.loads(erased.read_text())
+    del record["config"]["circumvent"]["alpha_u"]
+    erased.write_text(json.dumps(record))
+    run_bench(config, "test")
+
     # Nor after a preset or an attack's default changed, which no setting of the bench names.
     preset = Path(config.method_config("dark_miner", "star"))
     changed = tmp_path / "preset.yaml"

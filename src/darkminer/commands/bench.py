@@ -222,21 +222,36 @@ def _stale_configs(
     config: BenchConfig, method: str, concept: str, job: EvaluateJob, results: dict, adapter: str | None
 ) -> list[str]:
     """What a finished cell ran with that its method's and attacks' configs now resolve to otherwise: a changed
-    preset or default, or a cell from before results recorded them."""
+    preset or default, or a cell from before results recorded them. A field added since the cell ran counts as
+    having had its default (a new field's default keeps the behaviour it was added to)."""
     stale = []
     for name in job.attacks:
         done = results.get("attacks", {}).get(name, {}).get("config")
-        if done != jsonable_config(attack_config(name, job.attack_overrides, [])):
+        if not _same_config(done, attack_config(name, job.attack_overrides, [])):
             stale.append(f"{name}'s config")
     if adapter is not None:
         erased = Path(adapter) / ERASURE_CONFIG_NAME
         done = json.loads(erased.read_text()).get("config") if erased.is_file() else None
-        wanted = load_config(
-            get_method(method).config_class, config.method_config(method, concept), _method_overrides(config, method)
-        )
-        if done != jsonable_config(wanted):
+        config_class = get_method(method).config_class
+        wanted = load_config(config_class, config.method_config(method, concept), _method_overrides(config, method))
+        if not _same_config(done, wanted):
             stale.append(f"{method}'s config")
     return stale
+
+
+def _same_config(done: dict | None, wanted) -> bool:
+    """Whether a recorded config `done` is the resolved `wanted`, fields missing from `done` read as their defaults."""
+    if done is None:
+        return False
+
+    def filled(recorded, default):
+        if not isinstance(recorded, dict) or not isinstance(default, dict):
+            return recorded
+        return {k: filled(recorded[k], v) if k in recorded else v for k, v in default.items()} | {
+            k: v for k, v in recorded.items() if k not in default
+        }
+
+    return filled(done, jsonable_config(type(wanted)())) == jsonable_config(wanted)
 
 
 def _method_overrides(config: BenchConfig, method: str) -> list[str]:
