@@ -184,6 +184,7 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     del record["config"]["circumvent"]["alpha_u"]
     erased.write_text(json.dumps(record))
     run_bench(config, "test")
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
 
     # Nor after a preset or an attack's default changed, which no setting of the bench names.
     preset = Path(config.method_config("dark_miner", "star"))

@@ -24,7 +24,9 @@ def test_alpha_u_with_the_empty_prompt_held_is_refused():
     with pytest.raises(ValueError, match="alpha_u"):
         CircumventConfig(alpha_u=-1.0)
     with pytest.raises(ValueError, match="preserve_relative"):
-        CircumventConfig(preserve_relative=True, preserve=["anchor", "unconditional"])
+        CircumventConfig(preserve_relative=True, alpha_u=1.0, preserve=["anchor", "unconditional"])
+    with pytest.raises(ValueError, match="alpha_u > 0"):
+        CircumventConfig(preserve_relative=True)
 
 
 def test_l_u_is_logged_only_when_on(tmp_path):

@@ -228,14 +228,14 @@ def _stale_configs(
     for name in job.attacks:
         done = results.get("attacks", {}).get(name, {}).get("config")
         if not _same_config(done, attack_config(name, job.attack_overrides, [])):
-            stale.append(f"{name}'s config")
+            stale.append(f"{name}'s config" + ("" if done else ", not recorded"))
     if adapter is not None:
         erased = Path(adapter) / ERASURE_CONFIG_NAME
         done = json.loads(erased.read_text()).get("config") if erased.is_file() else None
         config_class = get_method(method).config_class
         wanted = load_config(config_class, config.method_config(method, concept), _method_overrides(config, method))
         if not _same_config(done, wanted):
-            stale.append(f"{method}'s config")
+            stale.append(f"{method}'s config" + ("" if done else ", not recorded"))
     return stale
 
 
@@ -313,7 +313,9 @@ def composite(results: dict) -> float | None:
     """The bench's one-number summary of a ShapesWorld cell, lower is better: the Ratio on held-out and implicit
     prompts plus the mean ASR of the attacks, for a cell whose preservation meets the bar
     ([`PRESERVATION_BAR`]); `None` for one that does not (an erasure that breaks the model is not ranked)."""
-    if results.get("preservation") is None or results["preservation"] < PRESERVATION_BAR:
+    if results.get("ratio") is None or results.get("preservation") is None:
+        return None
+    if results["preservation"] < PRESERVATION_BAR:
         return None
     asrs = [attack["asr"] for attack in results.get("attacks", {}).values()]
     return results["ratio"] + (sum(asrs) / len(asrs) if asrs else 0.0)

@@ -202,7 +202,7 @@ class CircumventConfig:
             "help": "A21, not in the paper: l_p holds each preserved condition's guidance direction, "
             "eps(x_t|u) - eps(x_t|empty), instead of its prediction, so that a move of the empty prompt (alpha_u) "
             "shifts every guided prediction by as much instead of being multiplied by (guidance - 1) against it. "
-            "Refused with 'unconditional' in preserve."
+            "Needs alpha_u > 0; refused with 'unconditional' in preserve."
         },
     )
     preserve_prompts: list[str] = field(
@@ -287,6 +287,11 @@ class CircumventConfig:
             raise ValueError(
                 f"circumvent.alpha_c, alpha_p and alpha_u must be >= 0, got {self.alpha_c}, {self.alpha_p}, "
                 f"{self.alpha_u}."
+            )
+        if self.preserve_relative and self.alpha_u <= 0:
+            raise ValueError(
+                "circumvent.preserve_relative needs circumvent.alpha_u > 0: l_p relative to the empty prompt is blind "
+                "to a shift of every prediction at once, which only l_u then constrains."
             )
         if self.preserve_relative and "unconditional" in self.preserve:
             raise ValueError(

@@ -309,10 +309,9 @@ class DarkMiner:
         with torch.no_grad():
             anchors = model.encode_prompt(cfg.anchor)  # (A, L, D): one row per anchor prompt
             held = model.encode_prompt(cfg.preserve_prompts) if cfg.preserve_prompts else None
-            # what classifier-free guidance subtracts, encoded only when l_p holds it, l_u moves it (A20), or l_p's
-            # terms are taken relative to it (A21)
-            uses_empty = "unconditional" in cfg.preserve or cfg.alpha_u or cfg.preserve_relative
-            empty = model.encode_unconditional() if uses_empty else None
+            # what classifier-free guidance subtracts, encoded only when l_p holds it or l_u moves it (A20; A21 needs
+            # l_u)
+            empty = model.encode_unconditional() if "unconditional" in cfg.preserve or cfg.alpha_u else None
             mined = [e.embedding.to(model.device) for e in pool]
             # (c, 0*c, -c) conditionings of each pool entry, computed once (again after each A18 step on that c).
             conds = [self._signed_conditions(model, e) for e in mined]
@@ -348,18 +347,15 @@ class DarkMiner:
                 "negative": neg_c[None].expand(b, -1, -1),
             }
             if empty is not None:
-                terms["unconditional"] = empty.expand(b, -1, -1)
+                terms["unconditional"] = terms["empty"] = empty.expand(b, -1, -1)
             names = list(cfg.preserve)
             if held is not None:  # each image draws one of the extra prompts
                 terms["prompts"] = held[torch.randint(0, len(held), (b,), generator=generator)]
                 names.append("prompts")
             others = [name for name in names if name != "anchor"]
-            relative = ["empty"] if cfg.preserve_relative else []  # A21: the original's eps(x_t|empty) too
-            frozen = torch.cat(
-                [anchor, *(terms[name] for name in others), *(empty.expand(b, -1, -1) for _ in relative)]
-            )
-            moves_empty = cfg.alpha_u or cfg.preserve_relative
-            moved = [c[None].expand(b, -1, -1)] + ([empty.expand(b, -1, -1)] if moves_empty else [])
+            relative = ["empty"] if cfg.preserve_relative else []  # A21: the original's eps(x_t|empty) is a target
+            frozen = torch.cat([anchor, *(terms[name] for name in [*others, *relative])])
+            moved = [c[None].expand(b, -1, -1)] + ([empty.expand(b, -1, -1)] if cfg.alpha_u else [])
             adapted = torch.cat([*moved, *(terms[name] for name in names)])
             # one_call: one UNet call, the frozen rows seeing no adapter, so that they are the original's targets; the
             # mask stays on through backward, which recomputes activations under gradient checkpointing.
@@ -374,7 +370,7 @@ class DarkMiner:
                     preds = _predict_at(model, x_t, t, adapted)
                 targets = dict(zip(["anchor", *others, *relative], target.float().split(b), strict=True))
                 pred_c, *preserved = preds.float().split(b)
-                pred_u = preserved.pop(0) if moves_empty else None
+                pred_u = preserved.pop(0) if cfg.alpha_u else None
                 l_c = F.mse_loss(pred_c, targets["anchor"])
                 # A20: l_u pulls the empty prompt's prediction on the same x_t to the same target
                 l_u = F.mse_loss(pred_u, targets["anchor"]) if cfg.alpha_u else pred_c.new_zeros(())
