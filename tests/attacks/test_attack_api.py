@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -189,3 +190,27 @@ def test_project_to_simplex():
     projected = project_to_simplex(torch.randn(6, 50, generator=torch.Generator().manual_seed(0)))
     assert (projected >= 0).all() and torch.allclose(projected.sum(-1), torch.ones(6))
     assert torch.allclose(project_to_simplex(projected), projected)
+
+
+def test_cce_keeps_the_checked_embedding_the_detector_flags_most(plain):
+    """keep_detected: a detector that flags only the first check's images (the starting prompt's) gets the start
+    back; without it, or with the option off, CCE returns its last step."""
+    images = torch.rand(2, 3, 32, 32)
+    config = CCEConfig(steps=4, length=2, eval_every=2, eval_samples=2, batch_size=1, check_every=2, check_images=2)
+    calls = []
+
+    def first_check_only(batch):
+        calls.append(len(batch))
+        return SimpleNamespace(decisions=torch.full((len(batch),), len(calls) == 1))
+
+    start = plain.prompt_token_embeddings(config.init_prompt.format(concept="star"), config.length).float()
+    kept = CCE(config).run(plain, concept="star", images=images, detector=first_check_only)
+    assert calls == [2, 2, 2] and torch.equal(kept.embeddings, start.cpu())
+    for result in (
+        CCE(config).run(plain, concept="star", images=images),
+        CCE(dataclasses.replace(config, keep_detected=False)).run(
+            plain, concept="star", images=images, detector=first_check_only
+        ),
+    ):
+        assert not torch.equal(result.embeddings, start.cpu())
+    assert len(calls) == 3

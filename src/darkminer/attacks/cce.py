@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import check_fields
+from ..metrics import Detector
 from ..models import DiffusionModel
 from .base import AttackResult
 from .common import (
@@ -85,8 +86,24 @@ class CCEConfig:
         default="a photo of a {concept}",
         metadata={"help": "Prompt for the concept images when neither images nor prompts are given."},
     )
-    generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the concept images."})
-    guidance_scale: float = field(default=7.5, metadata={"min": 0, "help": "Guidance scale for the concept images."})
+    keep_detected: bool = field(
+        default=True,
+        metadata={
+            "help": "With a detector (darkminer evaluate passes its own), draw check_images images from each "
+            "embedding at the start and every check_every steps, and return the one whose images show the concept "
+            "most often (the latest of ties) instead of the last: the inversion's loss is the unguided prediction's, "
+            "and its last step can draw the concept less than its starting prompt (docs/results.md). Without a "
+            "detector, or False: the last (textual inversion)."
+        },
+    )
+    check_every: int = field(default=50, metadata={"help": "Steps between keep_detected's checks."})
+    check_images: int = field(
+        default=8, metadata={"help": "Images per embedding at each check, from the same noise at every check."}
+    )
+    generate_steps: int = field(default=25, metadata={"help": "DDIM steps for the concept and check images."})
+    guidance_scale: float = field(
+        default=7.5, metadata={"min": 0, "help": "Guidance scale for the concept and check images."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the one generator behind every random draw."})
 
     def __post_init__(self):
@@ -100,6 +117,8 @@ class CCEConfig:
             num_embeddings=self.num_embeddings,
             eval_every=self.eval_every,
             eval_samples=self.eval_samples,
+            check_every=self.check_every,
+            check_images=self.check_images,
             num_images=self.num_images,
             generate_steps=self.generate_steps,
         )
@@ -124,6 +143,7 @@ class CCE:
         images: torch.Tensor | None = None,
         prompts: list[str] | None = None,
         output_dir: str | Path | None = None,
+        detector: Detector | None = None,
     ) -> AttackResult:
         """Invert the concept into token embeddings of the erased `model` (its adapters stay active and frozen).
 
@@ -141,6 +161,9 @@ class CCE:
                 Prompts for drawing the concept images (`num_images` spread over them); `prompt_template` if `None`.
             output_dir (`str` or `Path`, *optional*):
                 Where to save the result ([`AttackResult.save`]).
+            detector ([`~darkminer.metrics.Detector`], *optional*):
+                The concept's detector, for `keep_detected`: each embedding returned is the checked one whose images
+                it flags most often.
 
         Returns:
             [`AttackResult`] with `embeddings` of shape `(num_embeddings, length, D)` and one loss curve each.
@@ -181,8 +204,28 @@ class CCE:
             for curve, value in zip(history, losses.tolist(), strict=True):
                 curve.append(value)
 
+        checks = cfg.keep_detected and detector is not None
+        best, best_rate = embeds.detach().clone(), torch.full((rows,), -1.0)
+
+        @torch.no_grad()
+        def check():
+            # Each embedding's share of flagged images, from the same noise at every check; ties go to the latest.
+            cond = model.encode_prompt(token_embeds=embeds.detach()).repeat_interleave(cfg.check_images, dim=0)
+            images = model.generate(
+                cond=cond,
+                seed=cfg.seed + 1,
+                num_inference_steps=cfg.generate_steps,
+                guidance_scale=cfg.guidance_scale,
+            )
+            rates = detector(images).decisions.float().view(rows, cfg.check_images).mean(1).cpu()
+            better = rates >= best_rate
+            best[better] = embeds.detach()[better]
+            best_rate[better] = rates[better]
+
         history: list[list[float]] = [[] for _ in range(rows)]
         record()
+        if checks:
+            check()
         for step in tqdm(range(cfg.steps), desc="cce", leave=False, mininterval=2):
             x_t, target, t = sample_noisy(model, x0, rows * batch, generator)
             # Gradients for the embeddings only: nothing accumulates on the model's parameters.
@@ -190,11 +233,13 @@ class CCE:
             optimizer.step()
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 record()
+            if checks and ((step + 1) % cfg.check_every == 0 or step + 1 == cfg.steps):
+                check()
 
         result = AttackResult(
             attack=self.name,
             concept=concept,
-            embeddings=embeds.detach().cpu(),
+            embeddings=(best if checks else embeds.detach()).cpu(),
             loss_history=history,
             config=dataclasses.asdict(cfg),
             model=model.name,

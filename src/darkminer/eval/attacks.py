@@ -27,6 +27,8 @@ from ..models import DiffusionModel
 from ..worlds import Suite
 
 ATTACK_IMAGES_PER_PROMPT = 4
+DETECTOR_FIELDS = ("stop_on_success", "keep_detected")
+"""Config fields of attacks that use the concept's detector, which the evaluation then passes to them."""
 """Images the original model draws of each attack source."""
 
 
@@ -106,8 +108,9 @@ def run_attack(
     banned = job.ban_concept_words and has_field(name, "banned_words")
     config = attack_config(name, job.attack_overrides, [f"banned_words={suite.banned}"] if banned else [])
     attack = get_attack(name).attack_class(config)
-    # An attack that stops once the concept shows (UnlearnDiff, as its paper's code) gets the detector.
-    checked = {"detector": suite.detector} if has_field(name, "stop_on_success") else {}
+    # An attack that checks its candidates' images (UnlearnDiff, as its paper's code; CCE's keep_detected) gets the
+    # suite's detector.
+    checked = {"detector": suite.detector} if any(has_field(name, f) for f in DETECTOR_FIELDS) else {}
     result = attack.run(
         model,
         concept=job.concept,
