@@ -12,6 +12,7 @@ from darkminer.cli import main
 from darkminer.commands import bench
 from darkminer.commands.bench import BenchConfig, composite, run_bench
 from darkminer.commands.evaluate import EvaluateJob, evaluate
+from darkminer.eval import attacks as eval_attacks
 
 TINY_ATTACKS = [
     "cce.steps=3",
@@ -194,10 +195,20 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="dark_miner's config"):
         run_bench(config, "test")
     monkeypatch.undo()
+
+    # An attack whose default or revision changed is recomputed alone; the erasure figures are kept.
+    (figures,) = [p for p in (tmp_path / "runs").rglob("results.json") if "dark_miner" in str(p)]
+    before = json.loads(figures.read_text())
     resolved = bench.attack_config
     monkeypatch.setattr(bench, "attack_config", lambda *a: dataclasses.replace(resolved(*a), eta=5.5))
-    with pytest.raises(ValueError, match="ring_a_bell's config"):
-        run_bench(config, "test")
+    monkeypatch.setattr(eval_attacks, "attack_config", bench.attack_config)
+    run_bench(config, "test")
+    after = json.loads(figures.read_text())
+    assert after["attacks"]["ring_a_bell"]["config"]["eta"] == 5.5
+    assert {k: v for k, v in after.items() if k not in {"attacks", "seconds", "job"}} == {
+        k: v for k, v in before.items() if k not in {"attacks", "seconds", "job"}
+    }
+    assert not list((tmp_path / "runs").rglob("progress.json"))
 
 
 def test_a_table_row_of_a_record_without_the_floor_leaves_it_out():
@@ -230,3 +241,17 @@ def test_a_method_without_a_shapesworld_preset_gets_a_row_saying_so(quick_world,
     table = run_bench(config, "test").read_text()
     assert "| uce | no preset |" in table and "| original |" in table
     assert not (tmp_path / "runs" / "quick" / "uce").exists()
+
+
+def test_an_attack_of_another_revision_is_stale():
+    """CCE's revision 2 (keep_detected) finds more than revision 1 with the same config: a cell of revision 1 is
+    recomputed."""
+    from types import SimpleNamespace
+
+    from darkminer.eval.attacks import attack_config, jsonable_config
+
+    job = SimpleNamespace(attacks=["cce"], attack_overrides=[])
+    record = {"config": jsonable_config(attack_config("cce", [], []))}
+    assert bench._stale_attacks(job, {"attacks": {"cce": {**record, "revision": 2}}}) == []
+    assert bench._stale_attacks(job, {"attacks": {"cce": record}}) == ["cce"]
+    assert bench._stale_attacks(job, {"attacks": {}}) == ["cce"]

@@ -130,6 +130,9 @@ class CCE:
     """Circumventing Concept Erasure behind the [`Attack`] protocol. Construct with a [`CCEConfig`]."""
 
     name = "cce"
+    revision = 2
+    """Bumped when a default changes what the attack finds (2: keep_detected), so that results of the earlier one
+    are not taken for this one's (`darkminer bench` recomputes them)."""
 
     def __init__(self, config: CCEConfig):
         self.config = config

@@ -20,13 +20,13 @@ import torch
 
 from ..attacks import get_attack, list_attacks
 from ..config import ConfigError, load_config
-from ..eval.attacks import attack_config, jsonable_config
+from ..eval.attacks import attack_config, attack_revision, jsonable_config
 from ..methods import get_method, list_methods
 from ..models.adapters import ERASURE_CONFIG_NAME
 from ..models.runtime import ModelSource
 from ..protocols import ProtocolOptions
 from .erase import EraseJob, run_erase
-from .evaluate import EvaluateJob, evaluate, table_row
+from .evaluate import EvaluateJob, evaluate, rerun_attacks, table_row
 
 # All but One needs a concept to turn each target into: a value of the same attribute.
 ALTERNATIVES = {
@@ -194,13 +194,19 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
         differ = sorted(
             k for k in wanted if k not in _WHERE and results.get("job", {}).get(k, _DEFAULTS.get(k)) != wanted[k]
         )
-        differ += _stale_configs(config, method, concept, job, results, adapter)
+        if adapter is not None and not _same_method_config(config, method, concept, adapter):
+            differ.append(f"{method}'s config")
         if differ:
             raise ConfigError(
                 f"The bench cell {cell_dir} was finished with other settings ({', '.join(differ)}); pass another "
                 "--runs-dir, or delete that cell to recompute it."
             )
-        return results
+        stale = _stale_attacks(job, results)
+        if not stale:
+            return results
+        print(f"{cell_dir}: recomputing {', '.join(stale)} (its config or revision changed)", flush=True)
+        rerun_attacks(job, results, stale)
+        return evaluate(job)
     if adapter is not None:
         run_erase(
             EraseJob(
@@ -218,25 +224,26 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
     return evaluate(job)
 
 
-def _stale_configs(
-    config: BenchConfig, method: str, concept: str, job: EvaluateJob, results: dict, adapter: str | None
-) -> list[str]:
-    """What a finished cell ran with that its method's and attacks' configs now resolve to otherwise: a changed
-    preset or default, or a cell from before results recorded them. A field added since the cell ran counts as
-    having had its default (a new field's default keeps the behaviour it was added to)."""
+def _stale_attacks(job: EvaluateJob, results: dict) -> list[str]:
+    """The attacks of a finished cell whose config now resolves otherwise (a changed default), whose revision
+    changed, or which recorded neither: the bench recomputes them alone."""
     stale = []
     for name in job.attacks:
-        done = results.get("attacks", {}).get(name, {}).get("config")
-        if not _same_config(done, attack_config(name, job.attack_overrides, [])):
-            stale.append(f"{name}'s config" + ("" if done else ", not recorded"))
-    if adapter is not None:
-        erased = Path(adapter) / ERASURE_CONFIG_NAME
-        done = json.loads(erased.read_text()).get("config") if erased.is_file() else None
-        config_class = get_method(method).config_class
-        wanted = load_config(config_class, config.method_config(method, concept), _method_overrides(config, method))
-        if not _same_config(done, wanted):
-            stale.append(f"{method}'s config" + ("" if done else ", not recorded"))
+        record = results.get("attacks", {}).get(name, {})
+        wanted = attack_config(name, job.attack_overrides, [])
+        if not _same_config(record.get("config"), wanted) or record.get("revision", 1) != attack_revision(name):
+            stale.append(name)
     return stale
+
+
+def _same_method_config(config: BenchConfig, method: str, concept: str, adapter: str) -> bool:
+    """Whether the cell's erasure ran with the config its method's preset and overrides resolve to now."""
+    erased = Path(adapter) / ERASURE_CONFIG_NAME
+    done = json.loads(erased.read_text()).get("config") if erased.is_file() else None
+    config_class = get_method(method).config_class
+    return _same_config(
+        done, load_config(config_class, config.method_config(method, concept), _method_overrides(config, method))
+    )
 
 
 def _same_config(done: dict | None, wanted) -> bool:

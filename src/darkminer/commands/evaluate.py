@@ -101,6 +101,21 @@ def _job_key(job: EvaluateJob) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def rerun_attacks(job: EvaluateJob, results: dict, attacks: list[str]) -> None:
+    """Turn the finished evaluation `results` of `job` back into progress without `attacks`, so that the next
+    `evaluate(job)` recomputes those attacks only (their config or revision changed) and keeps everything else."""
+    out = Path(job.output_dir)
+    kept = {name: record for name, record in results["attacks"].items() if name not in attacks}
+    grids = [(caption, name) for caption, name in _ERASURE_GRIDS if (out / name).is_file()]
+    grids += [(f"attack {name}", f"grid_attack_{name}.png") for name in kept]
+    figures = {k: v for k, v in results.items() if k not in {"job", "runtime", "detector", "attacks", "seconds"}}
+    progress = {"job_key": _job_key(job), "figures": figures or None, "attacks": kept, "grids": grids}
+    write_json(out / PROGRESS_NAME, {**progress, "seconds": results.get("seconds", 0.0)})
+
+
+_ERASURE_GRIDS = [("normal prompts", "grid_normal.png"), ("preservation prompts", "grid_preservation.png")]
+
+
 def _save_grid(out: Path, name: str, caption: str, images: torch.Tensor) -> tuple[str, str]:
     scale = max(1, 64 // images.shape[-1])
     labelled_grid([(caption, images)], scale=scale, label_width=200).save(out / f"grid_{name}.png")
@@ -172,7 +187,7 @@ def _erasure_figures(
     images = generate_batched(model, suite.normal, job.images_per_prompt, job.seed, job.sampling_steps)
     verdict = suite.detector(images)
     figures.update(erasure_figures(verdict.scores, verdict.decisions, suite.detector.kind))
-    grids = [_save_grid(out, "normal", "normal prompts", images[:: job.images_per_prompt][:16])]
+    grids = [_save_grid(out, "normal", _ERASURE_GRIDS[0][0], images[:: job.images_per_prompt][:16])]
     trained = generate_batched(model, suite.training, job.images_per_prompt, job.seed + 5, job.sampling_steps)
     figures["ratio_training"] = float(suite.detector(trained).decisions.float().mean())
     texts = [p.text for p in suite.preserve]
@@ -184,7 +199,7 @@ def _erasure_figures(
         figures["clip_score"] = clip_score(image_features(model, kept), text_features(model, repeated))
     reference = suite.reference_features(job.images_per_prompt, job.seed + 2)
     figures["fid"] = fid_from_features(suite.detector.features(kept), reference)
-    grids.append(_save_grid(out, "preservation", "preservation prompts", kept[:: job.images_per_prompt][:16]))
+    grids.append(_save_grid(out, "preservation", _ERASURE_GRIDS[1][0], kept[:: job.images_per_prompt][:16]))
     return figures, grids
 
 

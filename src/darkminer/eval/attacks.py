@@ -43,6 +43,11 @@ def jsonable_config(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+def attack_revision(name: str) -> int:
+    """The registered attack's `revision` (1 where it declares none): results of another revision are not its."""
+    return getattr(get_attack(name).attack_class, "revision", 1)
+
+
 def has_field(attack: str, name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(get_attack(attack).config_class)}
 
@@ -138,5 +143,6 @@ def run_attack(
         "prompts": result.prompts[:8],
         "seconds": seconds,
         "config": jsonable_config(config),
+        "revision": attack_revision(name),
     }
     return record, adversarial
