@@ -210,6 +210,13 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     }
     assert not list((tmp_path / "runs").rglob("progress.json"))
 
+    # A moved runs directory is the same cells.
+    (tmp_path / "runs").rename(tmp_path / "moved")
+    config.runs_dir = str(tmp_path / "moved")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "moved").rglob("results.json")}
+    run_bench(config, "test")
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "moved").rglob("results.json")}
+
 
 def test_a_table_row_of_a_record_without_the_floor_leaves_it_out():
     """Cells a bench cached before the floor was recorded still make a row."""

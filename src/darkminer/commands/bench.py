@@ -70,7 +70,8 @@ QUICK_ATTACK_OVERRIDES = [
 ]
 
 
-_WHERE = {"device", "batch_size", "compile", "channels_last"}
+_WHERE = {"device", "batch_size", "compile", "channels_last", "output_dir", "adapter"}
+"""Job fields that say where a cell ran or lies (a moved --runs-dir), not what it measured."""
 # Job fields added after cells were first cached, with the value those cells were computed with.
 _DEFAULTS = {"model_config": None, "dtype": "auto", "show_unsafe": False, "attack_prompts": 100}
 SUITES = ("shapesworld", "protocol")
