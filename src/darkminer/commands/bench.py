@@ -197,12 +197,14 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
         )
         if adapter is not None and not _same_method_config(config, method, concept, adapter):
             differ.append(f"{method}'s config")
+        stale = _stale_attacks(job, results)
+        if config.suite == "protocol":  # a protocol evaluation resumes by its own records, not ShapesWorld's
+            differ += [f"{name}'s config or revision" for name in stale]
         if differ:
             raise ConfigError(
                 f"The bench cell {cell_dir} was finished with other settings ({', '.join(differ)}); pass another "
                 "--runs-dir, or delete that cell to recompute it."
             )
-        stale = _stale_attacks(job, results)
         if not stale:
             return results
         print(f"{cell_dir}: recomputing {', '.join(stale)} (its config or revision changed)", flush=True)
