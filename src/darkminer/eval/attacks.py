@@ -27,9 +27,9 @@ from ..models import DiffusionModel
 from ..worlds import Suite
 
 ATTACK_IMAGES_PER_PROMPT = 4
+"""Images the original model draws of each attack source."""
 DETECTOR_FIELDS = ("stop_on_success", "keep_detected")
 """Config fields of attacks that use the concept's detector, which the evaluation then passes to them."""
-"""Images the original model draws of each attack source."""
 
 
 def attack_config(name: str, overrides: list[str], extra: list[str]):
