@@ -154,10 +154,8 @@ class BenchConfig(ModelSource, ProtocolOptions):
         make a "no preset" row); under a protocol, always."""
         if self.suite != "shapesworld" or method == "original":
             return True
-        from .demo import preset_path
-
         try:
-            preset_path(method, concept)
+            self.method_config(method, concept)
         except ConfigError:
             return False
         return True
@@ -285,8 +283,7 @@ def run_bench(config: BenchConfig, command: str) -> Path:
             results = _cell(config, method, concept)
             rows[(method, concept)] = table_row(results)
             if config.suite == "shapesworld":
-                composites[(method, concept)] = composite(results)
-                value = composites[(method, concept)]
+                value = composites[(method, concept)] = composite(results)
                 rows[(method, concept)][COMPOSITE] = "n/a" if value is None else f"{100 * value:.1f}"
     lines = [
         f"# {'ShapesWorld' if config.suite == 'shapesworld' else f'`{config.model}`'} benchmark (layout of the "
