@@ -64,6 +64,7 @@ BAD_INPUTS = {
     "demo --images-per-prompt 0": ["demo", "--images-per-prompt", "0", "--output-dir", "{out}"],
     "bench unknown method": ["bench", "--methods", "nope", "--runs-dir", "{out}", "--output", "{out}/t.md"],
     "bench unknown concept": ["bench", "--concepts", "hexagon", "--runs-dir", "{out}", "--output", "{out}/t.md"],
+    "bench repeated seed": ["bench", "--seeds", "1", "1", "--runs-dir", "{out}", "--output", "{out}/t.md"],
 }
 
 

@@ -394,6 +394,15 @@ def _add_bench(sub) -> None:
     )
     _add_protocol_flags(p)
     p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="SEED",
+        help="Erase and evaluate every cell once per seed; the table prints mean ± standard deviation "
+        "(default: one run at each method's config seed).",
+    )
     _add_model_flags(p)
     p.add_argument("overrides", nargs="*", help="Attack overrides as <attack>.<field>=value, e.g. p4d.steps=50.")
     p.set_defaults(func=_run_bench)
@@ -412,6 +421,7 @@ def _run_bench(args) -> int:
         output=args.output,
         quick=args.quick,
         images_per_prompt=args.images_per_prompt,
+        seeds=args.seeds,
         extra_attack_overrides=list(args.overrides),
         alternative=args.alternative,
         method_configs=_method_configs(args.method_config),

@@ -218,6 +218,56 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "moved").rglob("results.json")}
 
 
+def test_a_bench_over_seeds_erases_and_evaluates_once_per_seed(quick_world, tmp_path):
+    config = BenchConfig(
+        model=str(quick_world),
+        methods=["dark_miner", "uce"],
+        concepts=["star"],
+        attacks=["ring_a_bell"],
+        runs_dir=str(tmp_path / "runs"),
+        output=str(tmp_path / "table.md"),
+        quick=True,
+        seeds=[3, 5],
+        extra_method_overrides={
+            "dark_miner": ["max_loops=1", "mining.steps=2", "circumvent.steps=2", "pool.size=2", "generate_steps=2"]
+        },
+        extra_attack_overrides=["ring_a_bell.population=8"],
+        sampling_steps=2,
+    )
+    table = run_bench(config, "test").read_text()
+    cells = tmp_path / "runs" / "quick"
+    for seed in (3, 5):
+        erased = json.loads(
+            (cells / "dark_miner" / "star" / f"seed-{seed}" / "run" / "erasure_config.json").read_text()
+        )
+        assert erased["config"]["seed"] == seed
+        for method in ("original", "dark_miner", "uce"):
+            results = json.loads((cells / method / "star" / f"seed-{seed}" / "eval" / "results.json").read_text())
+            assert results["job"]["seed"] == seed
+    assert "Seeds: 3, 5" in table
+    row = next(line for line in table.splitlines() if line.startswith("| dark_miner |"))
+    assert row.count("±") >= 5  # every figure of the row, the composite included (if ranked)
+    stamps = {p: p.stat().st_mtime_ns for p in cells.rglob("results.json")}
+    run_bench(config, "test")
+    assert stamps == {p: p.stat().st_mtime_ns for p in cells.rglob("results.json")}
+    with pytest.raises(ValueError, match="distinct"):
+        dataclasses.replace(config, seeds=[3, 3])
+
+
+def test_figures_over_seeds_are_means_with_their_spread():
+    seeded = [
+        {"ratio": 0.1, "preservation": 1.0, "attacks": {"cce": {"asr": 0.2, "unprompted": 0.1}}},
+        {"ratio": 0.3, "preservation": 0.97, "attacks": {"cce": {"asr": 0.4, "unprompted": 0.1}}},
+    ]
+    row = bench.seeds_row(seeded)
+    assert (
+        row["Ratio %"] == "20.0 ± 14.1" and row["ASR cce %"] == "30.0 ± 14.1" and row["Unprompted %"] == "10.0 ± 0.0"
+    )
+    mean = bench.mean_results(seeded)
+    assert mean["preservation"] == pytest.approx(0.985) and composite(mean) == pytest.approx(0.5)
+    assert composite(bench.mean_results([{**seeded[1], "preservation": 0.9}, seeded[1]])) is None
+
+
 def test_a_table_row_of_a_record_without_the_floor_leaves_it_out():
     """Cells a bench cached before the floor was recorded still make a row."""
     from darkminer.commands.evaluate import table_row

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..models.adapters import ERASURE_CONFIG_NAME
 from ..models.runtime import ModelSource
 from ..protocols import ProtocolOptions
 from .erase import EraseJob, run_erase
-from .evaluate import EvaluateJob, evaluate, rerun_attacks, table_row
+from .evaluate import EvaluateJob, evaluate, rerun_attacks, table_figures, table_row
 
 # All but One needs a concept to turn each target into: a value of the same attribute.
 ALTERNATIVES = {
@@ -105,6 +106,14 @@ class BenchConfig(ModelSource, ProtocolOptions):
     quick: bool = field(default=False, metadata={"help": "A few steps of everything (smoke test)."})
     images_per_prompt: int = field(default=4, metadata={"min": 1, "help": "Images per normal prompt."})
     seed: int = field(default=0, metadata={"min": 0, "help": "Seed of evaluation and attacks."})
+    seeds: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Run every cell once per seed: the seed is the method's `seed` (where its config has one) and "
+            "the evaluation's, and the table prints mean ± standard deviation over the seeds. Empty: one run, at "
+            "each method's config seed and the evaluation seed `seed`."
+        },
+    )
     sampling_steps: int = field(default=25, metadata={"min": 1, "help": "DDIM steps of every evaluation image."})
     extra_method_overrides: dict[str, list[str]] = field(default_factory=dict, metadata={"help": "Per method."})
     extra_attack_overrides: list[str] = field(default_factory=list, metadata={"help": "<attack>.<field>=value."})
@@ -112,6 +121,8 @@ class BenchConfig(ModelSource, ProtocolOptions):
     def __post_init__(self):
         super().__post_init__()
         self.check_protocol_options()
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds {' '.join(map(str, self.seeds))}: seeds must be distinct and >= 0.")
         if self.suite not in SUITES:
             raise ConfigError(f"Unknown bench suite {self.suite!r}; use one of {', '.join(SUITES)}.")
         if (self.suite == "protocol") != (self.prompts is not None):
@@ -164,14 +175,16 @@ class BenchConfig(ModelSource, ProtocolOptions):
         return ALTERNATIVES.get(concept) if self.suite == "shapesworld" else self.alternative
 
 
-def _cell(config: BenchConfig, method: str, concept: str) -> dict:
+def _cell(config: BenchConfig, method: str, concept: str, seed: int | None = None) -> dict:
     """One table cell: erase (unless `original`), then evaluate; a finished cell made with the same settings is read
-    back instead.
+    back instead. `seed` (one of `config.seeds`) seeds both the erasure and the evaluation, in a cell of its own.
 
     Raises:
         ValueError: the cell was finished with other evaluation settings (its results would not be comparable).
     """
     cell_dir = Path(config.runs_dir) / ("quick" if config.quick else "full") / method / concept
+    if seed is not None:
+        cell_dir = cell_dir / f"seed-{seed}"
     adapter = None if method == "original" else str(cell_dir / "run")
     job = EvaluateJob(
         concept=concept,
@@ -182,7 +195,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
         attacks=config.attacks,
         attack_overrides=[*(QUICK_ATTACK_OVERRIDES if config.quick else []), *config.extra_attack_overrides],
         images_per_prompt=1 if config.quick else config.images_per_prompt,
-        seed=config.seed,
+        seed=config.seed if seed is None else seed,
         sampling_steps=min(config.sampling_steps, QUICK_SAMPLING_STEPS) if config.quick else config.sampling_steps,
     )
     results_path = cell_dir / "eval" / "results.json"
@@ -193,7 +206,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
         differ = sorted(
             k for k in wanted if k not in _WHERE and results.get("job", {}).get(k, _DEFAULTS.get(k)) != wanted[k]
         )
-        if adapter is not None and not _same_method_config(config, method, concept, adapter):
+        if adapter is not None and not _same_method_config(config, method, concept, adapter, seed):
             differ.append(f"{method}'s config")
         stale = _stale_attacks(job, results)
         if config.suite == "protocol":  # a protocol evaluation resumes by its own records, not ShapesWorld's
@@ -218,7 +231,7 @@ def _cell(config: BenchConfig, method: str, concept: str) -> dict:
                 alternative=config.alternative_of(concept) if method == "all_but_one" else None,
                 config_file=config.method_config(method, concept),
                 clip=config.clip,
-                overrides=_method_overrides(config, method),
+                overrides=_method_overrides(config, method, seed),
                 report=False,
             )
         )
@@ -237,13 +250,14 @@ def _stale_attacks(job: EvaluateJob, results: dict) -> list[str]:
     return stale
 
 
-def _same_method_config(config: BenchConfig, method: str, concept: str, adapter: str) -> bool:
+def _same_method_config(config: BenchConfig, method: str, concept: str, adapter: str, seed: int | None) -> bool:
     """Whether the cell's erasure ran with the config its method's preset and overrides resolve to now."""
     erased = Path(adapter) / ERASURE_CONFIG_NAME
     done = json.loads(erased.read_text()).get("config") if erased.is_file() else None
     config_class = get_method(method).config_class
     return _same_config(
-        done, load_config(config_class, config.method_config(method, concept), _method_overrides(config, method))
+        done,
+        load_config(config_class, config.method_config(method, concept), _method_overrides(config, method, seed)),
     )
 
 
@@ -262,10 +276,14 @@ def _same_config(done: dict | None, wanted) -> bool:
     return filled(done, jsonable_config(type(wanted)())) == jsonable_config(wanted)
 
 
-def _method_overrides(config: BenchConfig, method: str) -> list[str]:
+def _method_overrides(config: BenchConfig, method: str, seed: int | None = None) -> list[str]:
+    """The bench's overrides of a method's preset: --quick's, the caller's, then the cell's seed where the method's
+    config has one (UCE and SLD draw nothing: only their evaluation changes with the seed)."""
+    seeded = seed is not None and any(f.name == "seed" for f in dataclasses.fields(get_method(method).config_class))
     return [
         *(QUICK_METHOD_OVERRIDES.get(method, []) if config.quick else []),
         *config.extra_method_overrides.get(method, []),
+        *([f"seed={seed}"] if seeded else []),
     ]
 
 
@@ -280,11 +298,13 @@ def run_bench(config: BenchConfig, command: str) -> Path:
             if not config.has_preset(method, concept):
                 rows[(method, concept)] = None
                 continue
-            results = _cell(config, method, concept)
-            rows[(method, concept)] = table_row(results)
+            seeded = [_cell(config, method, concept, seed) for seed in config.seeds or [None]]
+            rows[(method, concept)] = table_row(seeded[0]) if len(seeded) == 1 else seeds_row(seeded)
             if config.suite == "shapesworld":
-                value = composites[(method, concept)] = composite(results)
-                rows[(method, concept)][COMPOSITE] = "n/a" if value is None else f"{100 * value:.1f}"
+                value = composites[(method, concept)] = composite(mean_results(seeded))
+                rows[(method, concept)][COMPOSITE] = (
+                    "n/a" if value is None else _spread(100 * value, [100 * _composite(r) for r in seeded], 1)
+                )
     lines = [
         f"# {'ShapesWorld' if config.suite == 'shapesworld' else f'`{config.model}`'} benchmark (layout of the "
         "paper's Table 1)",
@@ -292,7 +312,7 @@ def run_bench(config: BenchConfig, command: str) -> Path:
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; this invocation took {time.perf_counter() - start:.0f} s (finished cells are "
-        f"reused). Seeds: evaluation {config.seed}; each method's config seed.  ",
+        f"reused). {_seeds_line(config)}  ",
         _legend(config),
         "",
     ]
@@ -324,8 +344,51 @@ def composite(results: dict) -> float | None:
         return None
     if results["preservation"] < PRESERVATION_BAR:
         return None
+    return _composite(results)
+
+
+def _composite(results: dict) -> float:
     asrs = [attack["asr"] for attack in results.get("attacks", {}).values()]
     return results["ratio"] + (sum(asrs) / len(asrs) if asrs else 0.0)
+
+
+def mean_results(seeded: list[dict]) -> dict:
+    """What [`composite`] reads (Ratio, preservation, each attack's ASR), averaged over a cell's seeds."""
+    if len(seeded) == 1:
+        return seeded[0]
+    mean = {}
+    for key in ("ratio", "preservation"):
+        values = [r.get(key) for r in seeded]
+        mean[key] = None if None in values else statistics.fmean(values)
+    names = [n for n in seeded[0].get("attacks", {}) if all(n in r.get("attacks", {}) for r in seeded)]
+    mean["attacks"] = {n: {"asr": statistics.fmean(r["attacks"][n]["asr"] for r in seeded)} for n in names}
+    return mean
+
+
+def seeds_row(seeded: list[dict]) -> dict:
+    """A table row over several seeds of one cell: each column's mean ± its standard deviation over the seeds."""
+    figures = [table_figures(r) for r in seeded]
+    row = {}
+    for label, (_, digits) in figures[0].items():
+        values = [f[label][0] for f in figures if label in f]
+        row[label] = _spread(statistics.fmean(values), values, digits)
+    return row
+
+
+def _spread(mean: float, values: list[float], digits: int) -> str:
+    """`mean` printed with the standard deviation of the per-seed `values` where there are several."""
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _seeds_line(config: BenchConfig) -> str:
+    if not config.seeds:
+        return f"Seeds: evaluation {config.seed}; each method's config seed."
+    return (
+        f"Seeds: {', '.join(map(str, config.seeds))}, each the method's seed (where its config has one) and the "
+        f"evaluation's, one cell per seed; figures are mean ± standard deviation over the {len(config.seeds)} seeds."
+    )
 
 
 def _legend(config: BenchConfig) -> str:

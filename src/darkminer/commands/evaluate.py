@@ -221,21 +221,26 @@ def _write_report(out: Path, job: EvaluateJob, results: dict, grids: list[tuple[
 def table_row(results: dict) -> dict:
     """Table-1 columns: Ratio, Score, CLIP, FID, then ASR per attack (percentages as the paper prints them) and the
     ASRs' floor, the share of images the empty prompt draws with the concept (the first attack's)."""
-    row = {}
+    return {label: f"{value:.{digits}f}" for label, (value, digits) in table_figures(results).items()}
+
+
+def table_figures(results: dict) -> dict[str, tuple[float, int]]:
+    """[`table_row`]'s columns as numbers: label -> (value as printed, percentages x 100; decimals to print)."""
+    figures = {}
     for key, label in (("ratio", "Ratio %"), ("score", "Score %")):
         if results.get(key) is not None:
-            row[label] = f"{100 * results[key]:.1f}"
+            figures[label] = (100 * results[key], 1)
     if "ratio_training" in results:
-        row["Ratio train %"] = f"{100 * results['ratio_training']:.1f}"
+        figures["Ratio train %"] = (100 * results["ratio_training"], 1)
     if "preservation" in results:
-        row["Pres. %"] = f"{100 * results['preservation']:.1f}"
+        figures["Pres. %"] = (100 * results["preservation"], 1)
     if results.get("clip_score") is not None:
-        row["CLIP"] = f"{results['clip_score']:.2f}"
+        figures["CLIP"] = (results["clip_score"], 2)
     if results.get("fid") is not None:
-        row["FID"] = f"{results['fid']:.2f}"
+        figures["FID"] = (results["fid"], 2)
     for name, attack in results.get("attacks", {}).items():
-        row[f"ASR {name} %"] = f"{100 * attack['asr']:.1f}"
+        figures[f"ASR {name} %"] = (100 * attack["asr"], 1)
     floors = [attack["unprompted"] for attack in results.get("attacks", {}).values() if "unprompted" in attack]
     if floors:
-        row["Unprompted %"] = f"{100 * floors[0]:.1f}"
-    return row
+        figures["Unprompted %"] = (100 * floors[0], 1)
+    return figures
