@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 
 import pytest
@@ -34,7 +35,8 @@ def _scalar_fields(cls, prefix=""):
     for field in dataclasses.fields(cls):
         annotation = hints[field.name]
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        inner = args[0] if len(args) == 1 else annotation
+        optional = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        inner = args[0] if optional and len(args) == 1 else annotation  # X | None is X; list[int] is a list
         if dataclasses.is_dataclass(inner):
             yield from _scalar_fields(inner, f"{prefix}{field.name}.")
         elif inner in BAD:
