@@ -65,6 +65,7 @@ BAD_INPUTS = {
     "bench unknown method": ["bench", "--methods", "nope", "--runs-dir", "{out}", "--output", "{out}/t.md"],
     "bench unknown concept": ["bench", "--concepts", "hexagon", "--runs-dir", "{out}", "--output", "{out}/t.md"],
     "bench repeated seed": ["bench", "--seeds", "1", "1", "--runs-dir", "{out}", "--output", "{out}/t.md"],
+    "bench --attack-images 0": ["bench", "--attack-images", "0", "--runs-dir", "{out}", "--output", "{out}/t.md"],
 }
 
 

@@ -395,6 +395,12 @@ def _add_bench(sub) -> None:
     _add_protocol_flags(p)
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument(
+        "--attack-images",
+        type=int,
+        default=16,
+        help="Images each attack's ASR is measured on, at least (default 16).",
+    )
+    p.add_argument(
         "--seeds",
         type=int,
         nargs="+",
@@ -421,6 +427,7 @@ def _run_bench(args) -> int:
         output=args.output,
         quick=args.quick,
         images_per_prompt=args.images_per_prompt,
+        attack_images=args.attack_images,
         seeds=args.seeds,
         extra_attack_overrides=list(args.overrides),
         alternative=args.alternative,

@@ -228,6 +228,7 @@ def test_a_bench_over_seeds_erases_and_evaluates_once_per_seed(quick_world, tmp_
         output=str(tmp_path / "table.md"),
         quick=True,
         seeds=[3, 5],
+        attack_images=3,
         extra_method_overrides={
             "dark_miner": ["max_loops=1", "mining.steps=2", "circumvent.steps=2", "pool.size=2", "generate_steps=2"]
         },
@@ -244,6 +245,7 @@ def test_a_bench_over_seeds_erases_and_evaluates_once_per_seed(quick_world, tmp_
         for method in ("original", "dark_miner", "uce"):
             results = json.loads((cells / method / "star" / f"seed-{seed}" / "eval" / "results.json").read_text())
             assert results["job"]["seed"] == seed
+            assert results["job"]["attack_images"] == 3 and 3 <= results["attacks"]["ring_a_bell"]["images"] < 16
     assert "Seeds: 3, 5" in table
     row = next(line for line in table.splitlines() if line.startswith("| dark_miner |"))
     assert row.count("±") >= 5  # every figure of the row, the composite included (if ranked)

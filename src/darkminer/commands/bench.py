@@ -105,6 +105,9 @@ class BenchConfig(ModelSource, ProtocolOptions):
     )
     quick: bool = field(default=False, metadata={"help": "A few steps of everything (smoke test)."})
     images_per_prompt: int = field(default=4, metadata={"min": 1, "help": "Images per normal prompt."})
+    attack_images: int = field(
+        default=16, metadata={"min": 1, "help": "Images each attack's ASR is measured on, at least."}
+    )
     seed: int = field(default=0, metadata={"min": 0, "help": "Seed of evaluation and attacks."})
     seeds: list[int] = field(
         default_factory=list,
@@ -195,6 +198,7 @@ def _cell(config: BenchConfig, method: str, concept: str, seed: int | None = Non
         attacks=config.attacks,
         attack_overrides=[*(QUICK_ATTACK_OVERRIDES if config.quick else []), *config.extra_attack_overrides],
         images_per_prompt=1 if config.quick else config.images_per_prompt,
+        attack_images=config.attack_images,
         seed=config.seed if seed is None else seed,
         sampling_steps=min(config.sampling_steps, QUICK_SAMPLING_STEPS) if config.quick else config.sampling_steps,
     )
