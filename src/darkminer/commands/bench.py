@@ -307,7 +307,7 @@ def run_bench(config: BenchConfig, command: str) -> Path:
             if config.suite == "shapesworld":
                 value = composites[(method, concept)] = composite(mean_results(seeded))
                 rows[(method, concept)][COMPOSITE] = (
-                    "n/a" if value is None else _spread(100 * value, [100 * _composite(r) for r in seeded], 1)
+                    "n/a" if value is None else _spread([100 * _composite(r) for r in seeded], 1)
                 )
     lines = [
         f"# {'ShapesWorld' if config.suite == 'shapesworld' else f'`{config.model}`'} benchmark (layout of the "
@@ -375,12 +375,13 @@ def seeds_row(seeded: list[dict]) -> dict:
     row = {}
     for label, (_, digits) in figures[0].items():
         values = [f[label][0] for f in figures if label in f]
-        row[label] = _spread(statistics.fmean(values), values, digits)
+        row[label] = _spread(values, digits)
     return row
 
 
-def _spread(mean: float, values: list[float], digits: int) -> str:
-    """`mean` printed with the standard deviation of the per-seed `values` where there are several."""
+def _spread(values: list[float], digits: int) -> str:
+    """The mean of the per-seed `values`, with their standard deviation where there are several."""
+    mean = statistics.fmean(values)
     if len(values) < 2:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
