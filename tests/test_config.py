@@ -39,6 +39,13 @@ def test_overrides_set_nested_fields():
     assert config.mining.lr == DarkMinerConfig().mining.lr  # siblings keep their defaults
 
 
+def test_an_exponent_without_a_dot_is_a_number():
+    """YAML 1.1 reads "1e-6" as a string; a float field takes it as the number it spells."""
+    assert load_config(DarkMinerConfig, None, ["mining.lr=1e-6"]).mining.lr == 1e-6
+    with pytest.raises(ConfigError, match=r"mining.lr='fast' must be a number"):
+        load_config(DarkMinerConfig, None, ["mining.lr=fast"])
+
+
 def test_unknown_key_is_named_with_the_valid_keys():
     with pytest.raises(ConfigError) as info:
         load_config(DarkMinerConfig, None, ["mining.stepz=3"])

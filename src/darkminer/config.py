@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 import uuid
@@ -21,6 +22,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader that also reads an exponent without a dot ("1e-6", as YAML 1.2 and Python write it) as a
+    float; YAML 1.1 makes it a string, which a number field would then refuse."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+
 
 T = TypeVar("T")
 
@@ -144,7 +162,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"Override {item!r} sets a key inside {part!r}, which an earlier override set.")
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            node[parts[-1]] = _load_yaml(raw)
         except yaml.YAMLError as err:
             reason = str(err).splitlines()[0]
             raise ConfigError(f"Override {item!r}: its value is not valid YAML ({reason}); quote it.") from err
@@ -211,7 +229,7 @@ def load_config(cls: type[T], config_file: str | Path | None = None, overrides: 
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist.")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _load_yaml(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             where = getattr(err, "problem_mark", None)
             line = f" at line {where.line + 1}" if where is not None else ""
