@@ -223,6 +223,14 @@ class CircumventConfig:
     images_per_embedding: int = field(
         default=8, metadata={"help": "Images generated from each mined c, the x of Eq. 7-8 (A8)."}
     )
+    rounds: int = field(
+        default=1,
+        metadata={
+            "help": "A22, not in the paper: at most this many rounds of `steps` steps on a loop's c; after each but "
+            "the last, c is verified again on the adapted model (the verify stage's score and tau) and circumventing "
+            "goes on while s(c) >= tau. 1: one round (the paper)."
+        },
+    )
     images_from: str = field(
         default="original",
         metadata={
@@ -270,6 +278,7 @@ class CircumventConfig:
             grad_clip=self.grad_clip,
             images_per_embedding=self.images_per_embedding,
             refine_lr=self.refine_lr,
+            rounds=self.rounds,
         )
         if not 0.0 <= self.current_prob <= 1.0:
             raise ValueError(f"circumvent.current_prob is a probability, got {self.current_prob}.")

@@ -15,13 +15,14 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is alpha_c l_c + alpha_p l_p (+ alpha_u l_u,
    A20: l_c with the empty prompt in place of c; with A21 each term of l_p compares eps(x_t|u) - eps(x_t|empty)
    instead of eps(x_t|u)). x is drawn from c by the original. Each step replays an earlier mined embedding with
-   probability 1 - r.
+   probability 1 - r. With A22, c is verified again after each round of steps and circumvented again while
+   s(c) >= tau.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
-silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A21: several anchors, tau for another CLIP,
+silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A22: several anchors, tau for another CLIP,
 which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
-refined while circumventing, adapters on every Linear layer, the empty prompt moved, l_p relative to it), all fields
-of [`DarkMinerConfig`].
+refined while circumventing, adapters on every Linear layer, the empty prompt moved, l_p relative to it, rounds of
+circumventing until c fails verification), all fields of [`DarkMinerConfig`].
 """
 
 from __future__ import annotations
@@ -392,6 +393,27 @@ class DarkMiner:
                 entry.embedding = embedding.detach().cpu()
         return history.flush()
 
+    def _circumvent_rounds(self, model, pool, generator, run, loop, pool_images, picks):
+        """Eq. 7-8 on the loop's c for up to `circumvent.rounds` rounds (A22): after each but the last, s(c) is
+        scored again on the adapted model and the next round runs only while s(c) >= tau. Returns the rounds' loss
+        histories, joined, and the scores after each round."""
+        cfg = self.config
+        history: dict[str, list[float]] = {}
+        after: list[float] = []
+        for round_ in range(cfg.circumvent.rounds):
+            for name, values in self._circumvent(model, pool, generator, run, loop).items():
+                history.setdefault(name, []).extend(values)
+            if round_ + 1 == cfg.circumvent.rounds:
+                break
+            after.append(
+                self._verify(
+                    model, pool[-1].embedding.to(model.device), pool_images, picks, generator, pool[-1].concept
+                )
+            )
+            if after[-1] < cfg.verify.tau:
+                break
+        return history, after
+
     def _signed_conditions(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
         """The conditionings of c, 0*c and -c (Eq. 7-8), stacked: (3, max_length, D_cross)."""
         with torch.no_grad():
@@ -515,8 +537,12 @@ class DarkMiner:
                 else:
                     latents = self._circumvent_images(model, embedding, generator)
                 pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu()))
+                history, after = self._circumvent_rounds(
+                    model, pool, generator, run, loop, pool_images[concept], picks
+                )
                 record.update(
-                    circumvent=self._circumvent(model, pool, generator, run, loop),
+                    circumvent=history,
+                    **({"round_scores": after} if cfg.circumvent.rounds > 1 else {}),
                     circumvent_seconds=time.perf_counter() - tic,
                     **_stage_memory("circumvent", model),
                 )

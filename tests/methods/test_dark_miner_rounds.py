@@ -1,0 +1,45 @@
+"""A22: circumventing a loop's c again while verification still scores it at or above tau."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from darkminer.config import load_config
+from darkminer.methods.base import ErasureRequest
+from darkminer.methods.dark_miner import CircumventConfig, DarkMiner, DarkMinerConfig
+from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
+
+
+def _run(tmp_path, rounds: int, scores: list[float]) -> tuple[DarkMiner, list[dict]]:
+    """One loop with verify scores fed from `scores` (the loop's own first, then one after each round)."""
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", "verify.tau=0.5", f"circumvent.rounds={rounds}"]
+    miner = DarkMiner(load_config(DarkMinerConfig, None, overrides))
+    fed = iter(scores)
+    miner._verify = lambda *args, **kwargs: next(fed)
+    miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
+    return miner, [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+
+
+def test_rounds_go_on_while_the_circumvented_c_still_scores_above_tau(tmp_path):
+    miner, (record,) = _run(tmp_path, rounds=4, scores=[0.9, 0.8, 0.3])
+    assert record["round_scores"] == [0.8, 0.3]  # the third score is below tau: no third round
+    assert len(record["circumvent"]["l_c"]) == 2 * miner.config.circumvent.steps
+
+
+def test_the_last_round_is_not_verified_again(tmp_path):
+    miner, (record,) = _run(tmp_path, rounds=2, scores=[0.9, 0.8])
+    assert record["round_scores"] == [0.8]
+    assert len(record["circumvent"]["l_c"]) == 2 * miner.config.circumvent.steps
+
+
+def test_one_round_is_the_paper_and_logs_no_round_scores(tmp_path):
+    miner, (record,) = _run(tmp_path, rounds=1, scores=[0.9])
+    assert "round_scores" not in record
+    assert len(record["circumvent"]["l_c"]) == miner.config.circumvent.steps
+
+
+def test_rounds_must_be_positive():
+    with pytest.raises(ValueError, match="circumvent.rounds"):
+        CircumventConfig(rounds=0)
