@@ -114,3 +114,13 @@ def test_rerun_with_another_config_is_a_conflict(tiny_dir: Path, erased: Path, c
     assert main(_erase(tiny_dir, erased, "--no-report", *overrides, "mining.steps=5")) == 2
     message = _error_line(capsys, "erase")
     assert "mining.steps" in message and "--output-dir" in message
+
+
+def test_bench_overrides_go_to_their_method_or_attack():
+    from darkminer.cli import _split_bench_overrides
+
+    by_method, attacks = _split_bench_overrides(
+        ["dark_miner.verify.score=detector", "p4d.steps=40", "dark_miner.max_loops=24", "esd.iterations=5"]
+    )
+    assert by_method == {"dark_miner": ["verify.score=detector", "max_loops=24"], "esd": ["iterations=5"]}
+    assert attacks == ["p4d.steps=40"]

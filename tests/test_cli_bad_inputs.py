@@ -66,6 +66,14 @@ BAD_INPUTS = {
     "bench unknown concept": ["bench", "--concepts", "hexagon", "--runs-dir", "{out}", "--output", "{out}/t.md"],
     "bench repeated seed": ["bench", "--seeds", "1", "1", "--runs-dir", "{out}", "--output", "{out}/t.md"],
     "bench --attack-images 0": ["bench", "--attack-images", "0", "--runs-dir", "{out}", "--output", "{out}/t.md"],
+    "bench override of an unknown method field": [
+        *["bench", "--methods", "dark_miner", "--runs-dir", "{out}", "--output", "{out}/t.md"],
+        "dark_miner.verify.nope=1",
+    ],
+    "bench override of a method not benched": [
+        *["bench", "--methods", "esd", "--runs-dir", "{out}", "--output", "{out}/t.md"],
+        "dark_miner.max_loops=3",
+    ],
 }
 
 

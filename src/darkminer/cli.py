@@ -410,13 +410,36 @@ def _add_bench(sub) -> None:
         "(default: one run at each method's config seed).",
     )
     _add_model_flags(p)
-    p.add_argument("overrides", nargs="*", help="Attack overrides as <attack>.<field>=value, e.g. p4d.steps=50.")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="Overrides as <attack>.<field>=value (e.g. p4d.steps=50) or <method>.<field>=value, on top of the "
+        "method's preset (e.g. dark_miner.max_loops=24).",
+    )
     p.set_defaults(func=_run_bench)
+
+
+def _split_bench_overrides(overrides: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """The bench's overrides by owner: {method: its fields' overrides} for those that start with a method's name,
+    and the rest (attack overrides) as given."""
+    from .methods import list_methods
+
+    methods = {m.name for m in list_methods()}
+    by_method: dict[str, list[str]] = {}
+    attacks = []
+    for override in overrides:
+        owner, _, rest = override.partition(".")
+        if owner in methods and rest:
+            by_method.setdefault(owner, []).append(rest)
+        else:
+            attacks.append(override)
+    return by_method, attacks
 
 
 def _run_bench(args) -> int:
     from .commands.bench import BenchConfig, run_bench
 
+    method_overrides, attack_overrides = _split_bench_overrides(args.overrides)
     config = BenchConfig(
         **_source(args),
         suite=args.suite,
@@ -429,7 +452,8 @@ def _run_bench(args) -> int:
         images_per_prompt=args.images_per_prompt,
         attack_images=args.attack_images,
         seeds=args.seeds,
-        extra_attack_overrides=list(args.overrides),
+        extra_method_overrides=method_overrides,
+        extra_attack_overrides=attack_overrides,
         alternative=args.alternative,
         method_configs=_method_configs(args.method_config),
         **_protocol(args),

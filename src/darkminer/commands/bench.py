@@ -140,6 +140,12 @@ class BenchConfig(ModelSource, ProtocolOptions):
             get_method(name)
         for name in self.attacks:
             get_attack(name)
+        for name, overrides in self.extra_method_overrides.items():
+            if name not in self.methods:
+                raise ConfigError(
+                    f"{name}.{overrides[0]}: {name} is not among the benched methods ({', '.join(self.methods)})."
+                )
+            load_config(get_method(name).config_class, None, overrides)  # a bad field fails now, not after hours
         for name, path in self.method_configs.items():
             get_method(name)
             if not Path(path).is_file():
