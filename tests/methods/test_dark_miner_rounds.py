@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from darkminer.config import load_config
 from darkminer.methods.base import ErasureRequest
 from darkminer.methods.dark_miner import CircumventConfig, DarkMiner, DarkMinerConfig
 from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
+from darkminer.training.checkpoint import RunConflictError, _identity
 
 
 def _run(tmp_path, rounds: int, scores: list[float]) -> tuple[DarkMiner, list[dict]]:
@@ -43,3 +45,24 @@ def test_one_round_is_the_paper_and_logs_no_round_scores(tmp_path):
 def test_rounds_must_be_positive():
     with pytest.raises(ValueError, match="circumvent.rounds"):
         CircumventConfig(rounds=0)
+
+
+def test_a_run_recorded_before_rounds_existed_resumes(tmp_path):
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1"]
+    DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
+        tiny_model(), ErasureRequest(concepts=["star"]), tmp_path
+    )
+    # what a run of the code before the field wrote: its config and its checkpoints' config hash without it
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["config"]["circumvent"]["rounds"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    old_hash = hashlib.sha256(json.dumps(_identity(recorded), sort_keys=True).encode()).hexdigest()[:16]
+    for manifest in tmp_path.glob("checkpoint-*/checkpoint.json"):
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config_hash": old_hash}))
+    longer = load_config(DarkMinerConfig, None, [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=2"])
+    with pytest.raises(RunConflictError, match="max_loops"):  # another max_loops is still another run
+        DarkMiner(longer).erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
+    result = DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
+        tiny_model(), ErasureRequest(concepts=["star"]), tmp_path
+    )
+    assert len(result.history) == 1  # the finished loop was read back, not run again

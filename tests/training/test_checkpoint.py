@@ -66,6 +66,23 @@ def test_added_key_is_a_conflict(tmp_path: Path):
         RunDirectory(tmp_path, {**CONFIG, "alternative": "circle"})
 
 
+def test_a_field_added_since_the_run_started_reads_as_its_default(tmp_path: Path):
+    """A run recorded before `mining.restarts` existed resumes, checkpoints included, while the field keeps its
+    default; set to anything else, it is another run."""
+    old = RunDirectory(tmp_path, CONFIG)
+    old.save_checkpoint(3, _write_marker("step 3"))
+    old.close()
+    defaults = {"method": "dark_miner", "config": {"mining": {"steps": 0, "lr": 0.0, "restarts": 1}, "seed": 0}}
+    grown = {"method": "dark_miner", "config": {"mining": {"steps": 10, "lr": 0.1, "restarts": 1}, "seed": 0}}
+    resumed = RunDirectory(tmp_path, grown, defaults=defaults)
+    assert resumed.latest() == (3, tmp_path / "checkpoint-3")
+    resumed.close()
+    assert json.loads((tmp_path / CONFIG_NAME).read_text()) == CONFIG  # the record is kept as it was
+    other = {"method": "dark_miner", "config": {"mining": {"steps": 10, "lr": 0.1, "restarts": 2}, "seed": 0}}
+    with pytest.raises(RunConflictError, match="config.mining.restarts"):
+        RunDirectory(tmp_path, other, defaults=defaults)
+
+
 def test_checkpoints_keep_only_the_total_limit(tmp_path: Path):
     run = RunDirectory(tmp_path, CONFIG, total_limit=2)
     for step in (1, 2, 3, 10):

@@ -135,6 +135,8 @@ class RunDirectory:
         runtime: where the run runs ([`DiffusionModel.runtime`]: device, dtype, batch size), recorded under
             `runtime` in `config.json`. Of it only the dtype must match on resume: a bf16 run continued in fp32 would
             be neither, while another device or chunk size changes the result by rounding only.
+        defaults: `config` as the defaults of every field would make it. A key missing from a recorded config (a
+            field added since the run started) reads as its default there, and the run resumes as the same run.
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class RunDirectory:
         config: dict[str, Any],
         total_limit: int | None = 2,
         runtime: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
     ):
         self.path = Path(path)
         self.total_limit = total_limit
@@ -166,12 +169,17 @@ class RunDirectory:
                     raise RunConflictError(
                         f"{existing} is not valid JSON ({err}); restore it, or pass a new --output-dir."
                     ) from err
-                if _identity(previous) != _identity(config):
-                    changed = sorted(_diff(_identity(previous), _identity(config)))
+                filled = _filled(previous, _jsonable(defaults)) if defaults is not None else previous
+                if _identity(filled) != _identity(config):
+                    changed = sorted(_diff(_identity(filled), _identity(config)))
                     raise RunConflictError(
                         f"{self.path} holds a run with a different config (differs in: {', '.join(changed[:8])}). "
                         "Re-run the original command to resume it, or pass a new --output-dir to start fresh."
                     )
+                # the checkpoints carry the hash of the config as recorded, fields added since then missing
+                self.config_hash = hashlib.sha256(
+                    json.dumps(_identity(previous), sort_keys=True).encode()
+                ).hexdigest()[:16]
             else:
                 for _, checkpoint in self.checkpoints():
                     self._manifest(checkpoint)  # refuses checkpoints of another config before config.json says ours
@@ -272,6 +280,15 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
     identity = {k: v for k, v in config.items() if k != RUNTIME_KEY}
     identity["dtype"] = config.get(RUNTIME_KEY, {}).get("dtype", "float32")
     return identity
+
+
+def _filled(recorded: Any, defaults: Any) -> Any:
+    """`recorded` with every key of `defaults` it lacks, at any depth, taken from `defaults`."""
+    if not isinstance(recorded, dict) or not isinstance(defaults, dict):
+        return recorded
+    return {k: _filled(recorded[k], v) if k in recorded else v for k, v in defaults.items()} | {
+        k: v for k, v in recorded.items() if k not in defaults
+    }
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -481,11 +481,13 @@ class DarkMiner:
                         f"verify.score='detector' needs a world whose detector judges {concept!r} (ShapesWorld's "
                         f"classifier); the {request.world.name} world has none. Use verify.score=cosine."
                     )
+        identity = {"method": self.name, "base_model": model.name, "concepts": concepts}
         run = RunDirectory(
             output_dir,
-            {"method": self.name, "base_model": model.name, "concepts": concepts, "config": dataclasses.asdict(cfg)},
+            {**identity, "config": dataclasses.asdict(cfg)},
             total_limit=cfg.checkpoint_limit,
             runtime=model.runtime(),
+            defaults={**identity, "config": dataclasses.asdict(type(cfg)())},
         )
         resumed = self._resume(model, run)
         if resumed is None:
