@@ -124,3 +124,19 @@ def test_bench_overrides_go_to_their_method_or_attack():
     )
     assert by_method == {"dark_miner": ["verify.score=detector", "max_loops=24"], "esd": ["iterations=5"]}
     assert attacks == ["p4d.steps=40"]
+
+
+def test_bench_with_method_overrides_writes_its_table_beside_its_runs(tmp_path: Path):
+    from darkminer.commands.bench import BenchConfig
+
+    runs = str(tmp_path / "runs")
+    tried = BenchConfig(
+        methods=["dark_miner"],
+        concepts=["star"],
+        runs_dir=runs,
+        extra_method_overrides={"dark_miner": ["max_loops=2"]},
+    )
+    assert tried.output == f"{runs}/bench.md"  # never the packaged presets' table
+    assert (
+        BenchConfig(methods=["dark_miner"], concepts=["star"], runs_dir=runs).output == "docs/results/shapesworld.md"
+    )

@@ -70,6 +70,24 @@ BAD_INPUTS = {
         *["bench", "--methods", "dark_miner", "--runs-dir", "{out}", "--output", "{out}/t.md"],
         "dark_miner.verify.nope=1",
     ],
+    "bench override of neither a method nor an attack": [
+        *["bench", "--methods", "dark_miner", "--runs-dir", "{out}", "--output", "{out}/t.md"],
+        "dark_minor.max_loops=3",
+    ],
+    "bench override valid alone but not on the preset": [
+        *[
+            "bench",
+            "--methods",
+            "dark_miner",
+            "--concepts",
+            "striped",
+            "--runs-dir",
+            "{out}",
+            "--output",
+            "{out}/t.md",
+        ],
+        "dark_miner.circumvent.alpha_u=1",
+    ],
     "bench override of a method not benched": [
         *["bench", "--methods", "esd", "--runs-dir", "{out}", "--output", "{out}/t.md"],
         "dark_miner.max_loops=3",

@@ -422,18 +422,25 @@ def _add_bench(sub) -> None:
 def _split_bench_overrides(overrides: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """The bench's overrides by owner: {method: its fields' overrides} for those that start with a method's name,
     and the rest (attack overrides) as given."""
+    from .attacks import list_attacks
+    from .config import ConfigError
     from .methods import list_methods
 
-    methods = {m.name for m in list_methods()}
+    methods, attacks = {m.name for m in list_methods()}, {a.name for a in list_attacks()}
     by_method: dict[str, list[str]] = {}
-    attacks = []
+    by_attack = []
     for override in overrides:
         owner, _, rest = override.partition(".")
-        if owner in methods and rest:
+        if owner not in methods | attacks or "=" not in rest:
+            raise ConfigError(
+                f"override {override!r}: write <method>.<field>=value or <attack>.<field>=value; methods: "
+                f"{', '.join(sorted(methods))}; attacks: {', '.join(sorted(attacks))}."
+            )
+        if owner in methods:
             by_method.setdefault(owner, []).append(rest)
         else:
-            attacks.append(override)
-    return by_method, attacks
+            by_attack.append(override)
+    return by_method, by_attack
 
 
 def _run_bench(args) -> int:

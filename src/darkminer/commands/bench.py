@@ -118,7 +118,13 @@ class BenchConfig(ModelSource, ProtocolOptions):
         },
     )
     sampling_steps: int = field(default=25, metadata={"min": 1, "help": "DDIM steps of every evaluation image."})
-    extra_method_overrides: dict[str, list[str]] = field(default_factory=dict, metadata={"help": "Per method."})
+    extra_method_overrides: dict[str, list[str]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Dotted overrides per method, on top of its preset (ShapesWorld) or --method-config; with any, "
+            "the table goes to <runs_dir>/bench.md unless output says otherwise."
+        },
+    )
     extra_attack_overrides: list[str] = field(default_factory=list, metadata={"help": "<attack>.<field>=value."})
 
     def __post_init__(self):
@@ -140,12 +146,6 @@ class BenchConfig(ModelSource, ProtocolOptions):
             get_method(name)
         for name in self.attacks:
             get_attack(name)
-        for name, overrides in self.extra_method_overrides.items():
-            if name not in self.methods:
-                raise ConfigError(
-                    f"{name}.{overrides[0]}: {name} is not among the benched methods ({', '.join(self.methods)})."
-                )
-            load_config(get_method(name).config_class, None, overrides)  # a bad field fails now, not after hours
         for name, path in self.method_configs.items():
             get_method(name)
             if not Path(path).is_file():
@@ -158,8 +158,20 @@ class BenchConfig(ModelSource, ProtocolOptions):
                 get_concept(name)
         elif not self.concepts:
             raise ConfigError("--suite protocol needs the concepts to erase: --concepts nudity (for instance).")
-        if self.output is None:
-            self.output = "docs/results/shapesworld.md" if self.suite == "shapesworld" else f"{self.runs_dir}/bench.md"
+        for name, overrides in self.extra_method_overrides.items():
+            if name not in self.methods:
+                raise ConfigError(
+                    f"{name}.{overrides[0]}: {name} is not among the benched methods ({', '.join(self.methods)})."
+                )
+            for concept in self.concepts:  # a bad field or value fails now, not hours into the bench
+                if self.has_preset(name, concept):
+                    try:
+                        load_config(get_method(name).config_class, self.method_config(name, concept), overrides)
+                    except ValueError as err:
+                        raise ConfigError(f"{name} on {concept} with {' '.join(overrides)}: {err}") from None
+        if self.output is None:  # the packaged presets' table only from the presets as packaged
+            presets = self.suite == "shapesworld" and not self.extra_method_overrides
+            self.output = "docs/results/shapesworld.md" if presets else f"{self.runs_dir}/bench.md"
 
     def method_config(self, method: str, concept: str) -> str | None:
         """The method's YAML for `concept`: ShapesWorld's packaged preset, or the user's for a protocol."""
