@@ -25,8 +25,9 @@ import yaml
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML's safe loader that also reads an exponent without a dot ("1e-6", as YAML 1.2 and Python write it) as a
-    float; YAML 1.1 makes it a string, which a number field would then refuse."""
+    """YAML's safe loader that also reads a number with an exponent but no dot or no exponent sign ("1e-6", "1.5e3",
+    as YAML 1.2 and Python write them) as a float; YAML 1.1 makes it a string, which a number field would then
+    refuse (and a string field now takes "1e5" as the number it spells)."""
 
 
 _Loader.add_implicit_resolver(
