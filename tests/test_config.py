@@ -39,10 +39,12 @@ def test_overrides_set_nested_fields():
     assert config.mining.lr == DarkMinerConfig().mining.lr  # siblings keep their defaults
 
 
-def test_an_exponent_without_a_dot_is_a_number():
+def test_an_exponent_without_a_dot_is_a_number(tmp_path: Path):
     """YAML 1.1 reads "1e-6" as a string; a float field takes it as the number it spells."""
     assert load_config(DarkMinerConfig, None, ["mining.lr=1e-6"]).mining.lr == 1e-6
     assert load_config(DarkMinerConfig, None, ["mining.lr=1.5e-3"]).mining.lr == 1.5e-3
+    (tmp_path / "c.yaml").write_text("mining:\n  lr: 1e-6\n")
+    assert load_config(DarkMinerConfig, tmp_path / "c.yaml").mining.lr == 1e-6
     with pytest.raises(ConfigError, match=r"mining.lr='fast' must be a number"):
         load_config(DarkMinerConfig, None, ["mining.lr=fast"])
 
