@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
@@ -11,7 +10,7 @@ from darkminer.config import load_config
 from darkminer.methods.base import ErasureRequest
 from darkminer.methods.dark_miner import CircumventConfig, DarkMiner, DarkMinerConfig
 from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
-from darkminer.training.checkpoint import RunConflictError, _identity
+from darkminer.training.checkpoint import RunConflictError, _config_hash
 
 
 def _run(tmp_path, rounds: int, scores: list[float]) -> tuple[DarkMiner, list[dict]]:
@@ -56,7 +55,7 @@ def test_a_run_recorded_before_rounds_existed_resumes(tmp_path):
     recorded = json.loads((tmp_path / "config.json").read_text())
     del recorded["config"]["circumvent"]["rounds"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
-    old_hash = hashlib.sha256(json.dumps(_identity(recorded), sort_keys=True).encode()).hexdigest()[:16]
+    old_hash = _config_hash(recorded)
     for manifest in tmp_path.glob("checkpoint-*/checkpoint.json"):
         manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config_hash": old_hash}))
     longer = load_config(DarkMinerConfig, None, [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=2"])

@@ -26,6 +26,7 @@ from ..methods import get_method, list_methods
 from ..models.adapters import ERASURE_CONFIG_NAME
 from ..models.runtime import ModelSource
 from ..protocols import ProtocolOptions
+from ..training.checkpoint import with_defaults
 from .erase import EraseJob, run_erase
 from .evaluate import EvaluateJob, evaluate, rerun_attacks, table_figures, table_row
 
@@ -287,15 +288,7 @@ def _same_config(done: dict | None, wanted) -> bool:
     """Whether a recorded config `done` is the resolved `wanted`, fields missing from `done` read as their defaults."""
     if done is None:
         return False
-
-    def filled(recorded, default):
-        if not isinstance(recorded, dict) or not isinstance(default, dict):
-            return recorded
-        return {k: filled(recorded[k], v) if k in recorded else v for k, v in default.items()} | {
-            k: v for k, v in recorded.items() if k not in default
-        }
-
-    return filled(done, jsonable_config(type(wanted)())) == jsonable_config(wanted)
+    return with_defaults(done, jsonable_config(type(wanted)())) == jsonable_config(wanted)
 
 
 def _method_overrides(config: BenchConfig, method: str, seed: int | None = None) -> list[str]:

@@ -160,7 +160,7 @@ class RunDirectory:
             config = _jsonable(config)
             if runtime is not None:
                 config[RUNTIME_KEY] = _jsonable(runtime)
-            self.config_hash = hashlib.sha256(json.dumps(_identity(config), sort_keys=True).encode()).hexdigest()[:16]
+            self.config_hash = _config_hash(config)
             existing = self.path / CONFIG_NAME
             if existing.exists():
                 try:
@@ -169,7 +169,7 @@ class RunDirectory:
                     raise RunConflictError(
                         f"{existing} is not valid JSON ({err}); restore it, or pass a new --output-dir."
                     ) from err
-                filled = _filled(previous, _jsonable(defaults)) if defaults is not None else previous
+                filled = with_defaults(previous, _jsonable(defaults)) if defaults is not None else previous
                 if _identity(filled) != _identity(config):
                     changed = sorted(_diff(_identity(filled), _identity(config)))
                     raise RunConflictError(
@@ -177,9 +177,7 @@ class RunDirectory:
                         "Re-run the original command to resume it, or pass a new --output-dir to start fresh."
                     )
                 # the checkpoints carry the hash of the config as recorded, fields added since then missing
-                self.config_hash = hashlib.sha256(
-                    json.dumps(_identity(previous), sort_keys=True).encode()
-                ).hexdigest()[:16]
+                self.config_hash = _config_hash(previous)
             else:
                 for _, checkpoint in self.checkpoints():
                     self._manifest(checkpoint)  # refuses checkpoints of another config before config.json says ours
@@ -282,11 +280,17 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def _filled(recorded: Any, defaults: Any) -> Any:
-    """`recorded` with every key of `defaults` it lacks, at any depth, taken from `defaults`."""
+def _config_hash(config: dict[str, Any]) -> str:
+    """The hash each checkpoint's manifest carries: of what must match for the run to resume."""
+    return hashlib.sha256(json.dumps(_identity(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_defaults(recorded: Any, defaults: Any) -> Any:
+    """`recorded` with every key of `defaults` it lacks, at any depth, taken from `defaults`: a config recorded
+    before some fields existed, read as the defaults of those fields."""
     if not isinstance(recorded, dict) or not isinstance(defaults, dict):
         return recorded
-    return {k: _filled(recorded[k], v) if k in recorded else v for k, v in defaults.items()} | {
+    return {k: with_defaults(recorded[k], v) if k in recorded else v for k, v in defaults.items()} | {
         k: v for k, v in recorded.items() if k not in defaults
     }
 
