@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -29,6 +30,19 @@ def test_rounds_go_on_while_the_circumvented_c_still_scores_above_tau(tmp_path):
     assert len(record["circumvent"]["l_c"]) == 2 * miner.config.circumvent.steps
 
 
+def test_the_verifications_between_rounds_are_timed_apart_from_circumventing(tmp_path):
+    def slow_score(*args, **kwargs):
+        time.sleep(0.3)
+        return 0.9
+
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", "verify.tau=0.5", "circumvent.rounds=2"]
+    miner = DarkMiner(load_config(DarkMinerConfig, None, overrides))
+    miner._verify = slow_score
+    miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
+    (record,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert record["reverify_seconds"] >= 0.3  # one verification between the two rounds
+
+
 def test_the_last_round_is_not_verified_again(tmp_path):
     miner, (record,) = _run(tmp_path, rounds=2, scores=[0.9, 0.8])
     assert record["round_scores"] == [0.8]
@@ -37,7 +51,7 @@ def test_the_last_round_is_not_verified_again(tmp_path):
 
 def test_one_round_is_the_paper_and_logs_no_round_scores(tmp_path):
     miner, (record,) = _run(tmp_path, rounds=1, scores=[0.9])
-    assert "round_scores" not in record
+    assert "round_scores" not in record and "reverify_seconds" not in record
     assert len(record["circumvent"]["l_c"]) == miner.config.circumvent.steps
 
 

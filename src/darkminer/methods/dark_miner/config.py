@@ -228,8 +228,9 @@ class CircumventConfig:
         metadata={
             "help": "A22, not in the paper: at most this many rounds of `steps` steps on a loop's c; after each but "
             "the last, c is verified again on the adapted model (the verify stage's score and tau) and circumventing "
-            "goes on while s(c) >= tau. Each round starts its optimiser and learning-rate schedule afresh. 1: one "
-            "round (the paper)."
+            "goes on while s(c) >= tau. Each round starts its optimiser and learning-rate schedule afresh; the log "
+            "records the scores (round_scores) and their seconds (reverify_seconds) apart from circumvent_seconds. "
+            "1: one round (the paper)."
         },
     )
     images_from: str = field(
