@@ -400,7 +400,7 @@ class DarkMiner:
         cfg = self.config
         history: dict[str, list[float]] = {}
         after: list[float] = []
-        verify_seconds = 0.0
+        reverify_seconds = 0.0
         for round_ in range(cfg.circumvent.rounds):
             for name, values in self._circumvent(model, pool, generator, run, loop).items():
                 history.setdefault(name, []).extend(values)
@@ -412,10 +412,10 @@ class DarkMiner:
                     model, pool[-1].embedding.to(model.device), pool_images, picks, generator, pool[-1].concept
                 )
             )
-            verify_seconds += time.perf_counter() - tic
+            reverify_seconds += time.perf_counter() - tic
             if after[-1] < cfg.verify.tau:
                 break
-        return history, after, verify_seconds
+        return history, after, reverify_seconds
 
     def _signed_conditions(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
         """The conditionings of c, 0*c and -c (Eq. 7-8), stacked: (3, max_length, D_cross)."""
