@@ -6,7 +6,8 @@ concept, so the losses compare across adapters. The lowest loss CCE reaches says
 denoise the concept's images under some conditioning; its ratio to the original's says how much of that ability
 the erasure took away.
 
-    python scripts/cce_losses.py runs/bench11
+    python scripts/cce_losses.py runs/bench11    # one cell per method and concept
+    python scripts/cce_losses.py runs/seeds      # bench --seeds: one per seed, "red/seed-1"
 """
 
 import argparse
@@ -16,25 +17,30 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, help="A bench --runs-dir (its full/<method>/<concept> cells are read).")
+    parser.add_argument(
+        "runs", type=Path, help="A bench --runs-dir (its full/<method>/<concept>[/seed-N] cells are read)."
+    )
     args = parser.parse_args()
-    cells = sorted(args.runs.glob("full/*/*/eval/cce/prompts.json"))
+    cells = sorted(
+        [*args.runs.glob("full/*/*/eval/cce/prompts.json"), *args.runs.glob("full/*/*/seed-*/eval/cce/prompts.json")]
+    )
     if not cells:
         parser.error(f"{args.runs} holds no full/<method>/<concept>/eval/cce/prompts.json; run the bench with CCE.")
     rows: dict[str, list[tuple[str, float, float, float, float]]] = {}
     for path in cells:
         eval_dir = path.parent.parent
-        method, concept = eval_dir.parent.parent.name, eval_dir.parent.name
+        cell = eval_dir.parent.relative_to(args.runs / "full")  # <method>/<concept>[/seed-N]
+        method, concept = cell.parts[0], "/".join(cell.parts[1:])
         curve = json.loads(path.read_text())["loss_history"][0]
         record = json.loads((eval_dir / "results.json").read_text())["attacks"]["cce"]
         rows.setdefault(concept, []).append((method, curve[0], min(curve), record["asr"], record["unprompted"]))
-    print("concept   method        start    lowest   lowest/original   ASR %   floor %")
+    print("concept          method        start    lowest   lowest/original   ASR %   floor %")
     for concept, found in rows.items():
         original = {m: low for m, _, low, _, _ in found}.get("original")
         for method, start, low, asr, floor in sorted(found, key=lambda row: row[2]):
             ratio = f"{low / original:15.2f}" if original else f"{'':15s}"
             shares = f"{100 * asr:5.1f}   {100 * floor:7.1f}"
-            print(f"{concept:9s} {method:12s} {start:7.4f}  {low:7.4f}  {ratio}   {shares}")
+            print(f"{concept:16s} {method:12s} {start:7.4f}  {low:7.4f}  {ratio}   {shares}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cce_losses.py"
 
 
-def _cell(runs: Path, method: str, curve: list[float], asr: float) -> None:
-    eval_dir = runs / "full" / method / "red" / "eval"
+def _cell(runs: Path, method: str, curve: list[float], asr: float, concept: str = "red") -> None:
+    eval_dir = runs / "full" / method / concept / "eval"
     (eval_dir / "cce").mkdir(parents=True)
     (eval_dir / "cce" / "prompts.json").write_text(json.dumps({"loss_history": [curve]}))
     (eval_dir / "results.json").write_text(json.dumps({"attacks": {"cce": {"asr": asr, "unprompted": 0.25}}}))
@@ -29,3 +29,12 @@ def test_rows_are_ranked_by_the_lowest_loss_and_divided_by_the_originals(tmp_pat
 def test_a_directory_without_cce_cells_is_refused_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, SCRIPT, tmp_path], capture_output=True, text=True)
     assert done.returncode == 2 and "holds no full/<method>/<concept>/eval/cce/prompts.json" in done.stderr
+
+
+def test_the_cells_of_bench_seeds_are_compared_seed_by_seed(tmp_path):
+    for seed, (original, erased) in {1: (0.04, 0.05), 2: (0.02, 0.03)}.items():
+        _cell(tmp_path, "original", [original], 1.0, f"red/seed-{seed}")
+        _cell(tmp_path, "dark_miner", [erased], 0.5, f"red/seed-{seed}")
+    out = subprocess.run([sys.executable, SCRIPT, tmp_path], capture_output=True, text=True, check=True).stdout
+    ratios = {tuple(line.split()[:2]): line.split()[4] for line in out.splitlines()[1:]}
+    assert ratios[("red/seed-1", "dark_miner")] == "1.25" and ratios[("red/seed-2", "dark_miner")] == "1.50"
