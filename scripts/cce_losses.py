@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from darkminer.attacks.base import PROMPTS_NAME
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -22,10 +24,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     cells = sorted(
-        [*args.runs.glob("full/*/*/eval/cce/prompts.json"), *args.runs.glob("full/*/*/seed-*/eval/cce/prompts.json")]
+        path for cell in ("full/*/*", "full/*/*/seed-*") for path in args.runs.glob(f"{cell}/eval/cce/{PROMPTS_NAME}")
     )
     if not cells:
-        parser.error(f"{args.runs} holds no full/<method>/<concept>/eval/cce/prompts.json; run the bench with CCE.")
+        parser.error(f"{args.runs} holds no full/<method>/<concept>/eval/cce/{PROMPTS_NAME}; run the bench with CCE.")
     rows: dict[str, list[tuple[str, float, float, float, float]]] = {}
     for path in cells:
         eval_dir = path.parent.parent
