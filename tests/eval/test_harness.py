@@ -285,7 +285,17 @@ def test_the_composite_ranks_only_erasures_that_keep_the_model():
     assert composite({**cell, "preservation": 0.9}) is None
 
 
-def test_a_method_without_a_shapesworld_preset_gets_a_row_saying_so(quick_world, tmp_path):
+def test_a_method_without_a_shapesworld_preset_gets_a_row_saying_so(quick_world, tmp_path, monkeypatch):
+    from darkminer.commands import demo
+
+    packaged = demo.preset_path
+
+    def without_uce(method, concept):  # every packaged method has all six presets: take one away
+        if method == "uce":
+            raise demo.ConfigError(f"No ShapesWorld preset for method {method!r} and concept {concept!r}.")
+        return packaged(method, concept)
+
+    monkeypatch.setattr(demo, "preset_path", without_uce)
     config = BenchConfig(
         model=str(quick_world),
         methods=["uce"],
