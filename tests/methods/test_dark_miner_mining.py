@@ -36,9 +36,9 @@ def test_mining_returns_one_embedding(restarts, batch_size):
     model = tiny_model()
     miner = _miner(restarts=restarts, batch_size=batch_size, steps=4, images_per_loop=3)
     pool = torch.randn(8, 4, 8, 8)
-    embedding, picks, history = miner._mine(model, "star", pool, torch.Generator().manual_seed(0), None, 0)
+    embedding, picks, history, template = miner._mine(model, "star", pool, torch.Generator().manual_seed(0), None, 0)
     assert embedding.shape == (1, 4, model.text_encoder.config.hidden_size)
-    assert len(picks) == 3 and len(history) == 4
+    assert len(picks) == 3 and len(history) == 4 and template == miner.config.pool.prompt
 
 
 def test_mining_keeps_the_restart_that_reproduces_the_images_best(monkeypatch):
@@ -53,7 +53,7 @@ def test_mining_keeps_the_restart_that_reproduces_the_images_best(monkeypatch):
         return losses
 
     monkeypatch.setattr(DarkMiner, "_mining_losses", spy)
-    embedding, _, _ = miner._mine(model, "star", torch.randn(8, 4, 8, 8), torch.Generator().manual_seed(1), None, 0)
+    embedding, *_ = miner._mine(model, "star", torch.randn(8, 4, 8, 8), torch.Generator().manual_seed(1), None, 0)
     final, probe = calls[-1]  # the last call scores the mined embeddings
     assert torch.equal(embedding, final[int(probe.argmin()) : int(probe.argmin()) + 1])
 

@@ -220,6 +220,16 @@ class CircumventConfig:
             "(ShapesWorld's 'a photo' draws every shape)."
         },
     )
+    anchor_concepts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "A23, not in the paper: concepts that take the concept's place in the prompt template each mined "
+            "c was initialised from (`mining.init`), one drawn per image, as its c0 instead of `anchor` ('a photo of "
+            "a red {concept}' -> 'a photo of a red circle'), so that c is pulled to what the same prompt draws with "
+            "another concept, as Concept Ablation pairs its prompts; `anchor` for a template that does not name the "
+            "concept. Empty: `anchor` (the paper)."
+        },
+    )
     images_per_embedding: int = field(
         default=8, metadata={"help": "Images generated from each mined c, the x of Eq. 7-8 (A8)."}
     )
@@ -294,6 +304,9 @@ class CircumventConfig:
             )
         self.preserve = [term for term in _PRESERVED_TERMS if term in preserve]  # one order: one run config
         self.preserve_prompts = string_list("circumvent", "preserve_prompts", self.preserve_prompts)
+        self.anchor_concepts = string_list("circumvent", "anchor_concepts", self.anchor_concepts)
+        if any(not concept.strip() for concept in self.anchor_concepts):
+            raise ValueError(f"circumvent.anchor_concepts must be non-empty words, got {self.anchor_concepts!r}.")
         if min(self.alpha_c, self.alpha_p, self.alpha_u) < 0:
             raise ValueError(
                 f"circumvent.alpha_c, alpha_p and alpha_u must be >= 0, got {self.alpha_c}, {self.alpha_p}, "

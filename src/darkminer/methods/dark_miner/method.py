@@ -16,13 +16,14 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    A20: l_c with the empty prompt in place of c; with A21 each term of l_p compares eps(x_t|u) - eps(x_t|empty)
    instead of eps(x_t|u)). x is drawn from c by the original. Each step replays an earlier mined embedding with
    probability 1 - r. With A22, c is verified again after each round of steps and circumvented again while
-   s(c) >= tau.
+   s(c) >= tau. With A23, each c's c0 is the prompt c was initialised from, another concept in the concept's place.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
-silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A22: several anchors, tau for another CLIP,
+silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A23: several anchors, tau for another CLIP,
 which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
 refined while circumventing, adapters on every Linear layer, the empty prompt moved, l_p relative to it, rounds of
-circumventing until c fails verification), all fields of [`DarkMinerConfig`].
+circumventing until c fails verification, anchors paired with c's initial prompt), all fields of
+[`DarkMinerConfig`].
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from ...training.checkpoint import LossRecorder, RunDirectory, load_tensors, sav
 from ...utils.images import load_image_folder
 from ...worlds import World
 from ..base import ErasureRequest, ErasureResult
-from ..prompts import fill, prompt_templates
+from ..prompts import CONCEPT_MARK, fill, prompt_templates
 from .config import DarkMinerConfig
 
 
@@ -68,6 +69,7 @@ class MinedEmbedding:
     loop: int
     embedding: torch.Tensor  # (1, L, D) token space, or (1, max_length, D_cross) conditioning space
     latents: torch.Tensor  # (images_per_embedding, C, h, w)
+    template: str | None = None  # the prompt template c was initialised from, `{concept}` marking the concept (A23)
 
 
 def delta_cosine(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) -> float:
@@ -129,6 +131,11 @@ def _predict_at(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond:
     return model.predict_noise(x_t.repeat(groups, 1, 1, 1), t.repeat(groups), cond)
 
 
+def _entries_json(pool: list[MinedEmbedding]) -> str:
+    """What a checkpoint records of each pool entry besides its tensors."""
+    return json.dumps([{"concept": e.concept, "loop": e.loop, "template": e.template} for e in pool])
+
+
 def _step_lr(base: float, step: int, decay_step: int, decay: float) -> float:
     return base * decay if step >= decay_step else base
 
@@ -155,12 +162,18 @@ class DarkMiner:
         """The concept's texts (`mining.prompt_file`, or the world's training prompts) with the concept filled in."""
         return [fill(t, concept) for t in prompt_templates(self._world, concept, self.config.mining.prompt_file)]
 
-    def _initial_embedding(self, model: DiffusionModel, concept: str, generator: torch.Generator) -> torch.Tensor:
+    def _initial_template(self, concept: str, generator: torch.Generator) -> str:
+        """The template c starts from (A2): the pool prompt's, or one drawn from the concept's texts."""
+        if self.config.mining.init != "concept_prompts":
+            return self.config.pool.prompt
+        templates = prompt_templates(self._world, concept, self.config.mining.prompt_file)
+        return templates[int(torch.randint(0, len(templates), (), generator=generator))]
+
+    def _initial_embedding(
+        self, model: DiffusionModel, concept: str, generator: torch.Generator, template: str | None = None
+    ) -> torch.Tensor:
         cfg = self.config.mining
-        prompt = self.config.pool.prompt.format(concept=concept)
-        if cfg.init == "concept_prompts":
-            texts = self._concept_texts(concept)
-            prompt = texts[int(torch.randint(0, len(texts), (), generator=generator))]
+        prompt = fill(template or self._initial_template(concept, generator), concept)
         with torch.no_grad():
             if cfg.embedding_space == "token":
                 start = model.prompt_token_embeddings(prompt, cfg.length)
@@ -212,11 +225,13 @@ class DarkMiner:
 
     # ---- stage 1: mining (Eq. 5) -----------------------------------------------------------------------------
     def _mine(self, model, concept, pool_latents, generator, run, loop):
-        """Eq. 5 for `mining.restarts` embeddings side by side; returns the best (1, L, D), the k picks, and l_m."""
+        """Eq. 5 for `mining.restarts` embeddings side by side; returns the best (1, L, D), the k picks, l_m, and the
+        template the best one started from."""
         cfg = self.config.mining
         picks = torch.randperm(len(pool_latents), generator=generator)[: cfg.images_per_loop]
         x0 = pool_latents[picks].to(model.device, model.dtype)
-        starts = [self._initial_embedding(model, concept, generator) for _ in range(cfg.restarts)]
+        templates = [self._initial_template(concept, generator) for _ in range(cfg.restarts)]
+        starts = [self._initial_embedding(model, concept, generator, template) for template in templates]
         embedding = torch.cat(starts).to(model.device).requires_grad_(True)  # (R, L, D)
         for p in _lora_parameters(model):  # Eq. 5: the adapters are frozen while mining
             p.requires_grad_(False)
@@ -245,7 +260,7 @@ class DarkMiner:
                 noise = torch.randn(x.shape, generator=generator).to(x)
                 t = ((torch.arange(len(x0)) + 0.5) * model.num_train_timesteps / len(x0)).long().repeat(restarts)
                 best = int(self._mining_losses(model, embedding, x, noise, t.to(model.device)).argmin())
-        return embedding[best : best + 1].detach(), picks, losses.flush()["l_m"]
+        return embedding[best : best + 1].detach(), picks, losses.flush()["l_m"], templates[best]
 
     def _mining_losses(self, model, embedding, x0, noise, t) -> torch.Tensor:
         """L_M of Eq. 5 for each of the R embeddings, over its len(x0) / R rows of (x0, noise, t)."""
@@ -309,6 +324,8 @@ class DarkMiner:
         optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(params, lr=cfg.lr)
         with torch.no_grad():
             anchors = model.encode_prompt(cfg.anchor)  # (A, L, D): one row per anchor prompt
+            # A23: each entry's own c0s, its initial template with each of anchor_concepts in the concept's place
+            paired = [self._paired_anchors(model, entry, anchors) for entry in pool]
             held = model.encode_prompt(cfg.preserve_prompts) if cfg.preserve_prompts else None
             # what classifier-free guidance subtracts, encoded only when l_p holds it or l_u moves it (A20; A21 needs
             # l_u)
@@ -336,10 +353,11 @@ class DarkMiner:
                 conds[pick] = self._refine(model, mined[pick], refiner, x0, noise, t)
             c, zero_c, neg_c = conds[pick]
             b = cfg.batch_size
-            if len(anchors) == 1:  # no draw: one-anchor runs keep the random stream they always had
-                anchor = anchors.expand(b, -1, -1)
+            choices = paired[pick]
+            if len(choices) == 1:  # no draw: one-anchor runs keep the random stream they always had
+                anchor = choices.expand(b, -1, -1)
             else:  # each image draws its c0
-                anchor = anchors[torch.randint(0, len(anchors), (b,), generator=generator)]
+                anchor = choices[torch.randint(0, len(choices), (b,), generator=generator)]
             # Eq. 7 pulls eps_theta(x_t|c) to the frozen eps_theta'(x_t|c0); Eq. 8 holds eps_theta at each preserved
             # condition (A14) to the frozen one. The original runs on c0 and the preserved conditions other than c0.
             terms = {
@@ -417,6 +435,16 @@ class DarkMiner:
                 break
         return history, after, reverify_seconds
 
+    def _paired_anchors(self, model: DiffusionModel, entry: MinedEmbedding, anchors: torch.Tensor) -> torch.Tensor:
+        """A23: the conditionings of `entry`'s c0s, its initial template with each of `circumvent.anchor_concepts` in
+        the concept's place ("a photo of a red {concept}" -> "a photo of a red circle"), so that c is pulled to what
+        the same prompt draws with another concept; `anchors` (`circumvent.anchor`) where there are no anchor
+        concepts or the template does not name the concept."""
+        concepts = self.config.circumvent.anchor_concepts
+        if not concepts or entry.template is None or CONCEPT_MARK not in entry.template:
+            return anchors
+        return model.encode_prompt([fill(entry.template, concept) for concept in concepts])
+
     def _signed_conditions(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
         """The conditionings of c, 0*c and -c (Eq. 7-8), stacked: (3, max_length, D_cross)."""
         with torch.no_grad():
@@ -439,7 +467,7 @@ class DarkMiner:
             tensors = {}
             for i, entry in enumerate(pool):
                 tensors[f"{i}.embedding"], tensors[f"{i}.latents"] = entry.embedding, entry.latents
-            meta = {"entries": json.dumps([{"concept": e.concept, "loop": e.loop} for e in pool])}
+            meta = {"entries": _entries_json(pool)}
             save_tensors(directory / "embeddings.safetensors", tensors or {"empty": torch.zeros(1)}, meta)
             write_json(directory / "state.json", state)
 
@@ -456,7 +484,9 @@ class DarkMiner:
             state = json.load(f)
         entries = json.loads(state.pop("entries"))
         pool = [
-            MinedEmbedding(e["concept"], e["loop"], tensors[f"{i}.embedding"], tensors[f"{i}.latents"])
+            MinedEmbedding(
+                e["concept"], e["loop"], tensors[f"{i}.embedding"], tensors[f"{i}.latents"], e.get("template")
+            )
             for i, e in enumerate(entries)
         ]
         return loop, pool, state
@@ -521,7 +551,9 @@ class DarkMiner:
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + loop)
             record = {"loop": loop, "concept": concept}
             tic = time.perf_counter()
-            embedding, picks, mining_losses = self._mine(model, concept, pools[concept], generator, run, loop)
+            embedding, picks, mining_losses, template = self._mine(
+                model, concept, pools[concept], generator, run, loop
+            )
             record.update(
                 mining_loss=mining_losses,
                 mining_seconds=time.perf_counter() - tic,
@@ -541,7 +573,7 @@ class DarkMiner:
                     latents = pools[concept][picks]
                 else:
                     latents = self._circumvent_images(model, embedding, generator)
-                pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu()))
+                pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu(), template))
                 history, after, reverify_seconds = self._circumvent_rounds(
                     model, pool, generator, run, loop, pool_images[concept], picks
                 )
@@ -555,8 +587,7 @@ class DarkMiner:
             state["history"].append({k: v for k, v in record.items() if not isinstance(v, dict | list)})
             run.log(**record)
             bar.set_postfix(concept=concept, s=f"{score:.3f}", tau=cfg.verify.tau)
-            entries = json.dumps([{"concept": e.concept, "loop": e.loop} for e in pool])
-            self._save_checkpoint(model, run, loop + 1, pool, {**state, "entries": entries})
+            self._save_checkpoint(model, run, loop + 1, pool, {**state, "entries": _entries_json(pool)})
 
         metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
         save_lora(model.unet, run.path, metadata=metadata)
