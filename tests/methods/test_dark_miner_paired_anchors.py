@@ -67,3 +67,18 @@ def test_circumventing_trains_with_paired_anchors():
 def test_empty_anchor_concepts_are_refused():
     with pytest.raises(ValueError, match="anchor_concepts"):
         CircumventConfig(anchor_concepts=["circle", " "])
+
+
+def test_a_resumed_run_reads_back_each_entry_s_template(tmp_path):
+    from types import SimpleNamespace
+
+    from darkminer.config import load_config
+    from darkminer.methods.base import ErasureRequest
+    from darkminer.testing import TINY_METHOD_OVERRIDES
+
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", "mining.init=concept_prompts"]
+    miner = DarkMiner(load_config(DarkMinerConfig, None, overrides))
+    miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
+    latest = SimpleNamespace(latest=lambda: (1, tmp_path / "checkpoint-1"))
+    _, pool, _ = miner._resume(tiny_model(), latest)
+    assert len(pool) == 1 and pool[0].template in prompt_templates(miner._world, "star")
