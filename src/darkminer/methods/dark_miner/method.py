@@ -70,6 +70,7 @@ class MinedEmbedding:
     embedding: torch.Tensor  # (1, L, D) token space, or (1, max_length, D_cross) conditioning space
     latents: torch.Tensor  # (images_per_embedding, C, h, w)
     template: str | None = None  # the prompt template c was initialised from, `{concept}` marking the concept (A23)
+    # loop -1: one of the concept's texts, entered before the first loop (A24)
 
 
 def delta_cosine(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) -> float:
@@ -169,19 +170,20 @@ class DarkMiner:
         templates = prompt_templates(self._world, concept, self.config.mining.prompt_file)
         return templates[int(torch.randint(0, len(templates), (), generator=generator))]
 
+    def _prompt_embedding(self, model: DiffusionModel, prompt: str) -> torch.Tensor:
+        """A prompt as a point of the embedding space c lives in (A1): its L token embeddings, or its conditioning."""
+        with torch.no_grad():
+            if self.config.mining.embedding_space == "token":
+                return model.prompt_token_embeddings(prompt, self.config.mining.length).float().clone()
+            return model.encode_prompt(prompt).float().clone()
+
     def _initial_embedding(
         self, model: DiffusionModel, concept: str, generator: torch.Generator, template: str | None = None
     ) -> torch.Tensor:
-        cfg = self.config.mining
-        prompt = fill(template or self._initial_template(concept, generator), concept)
-        with torch.no_grad():
-            if cfg.embedding_space == "token":
-                start = model.prompt_token_embeddings(prompt, cfg.length)
-            else:
-                start = model.encode_prompt(prompt)
-            if cfg.init == "random":
-                start = torch.randn(start.shape, generator=generator) * start.std()
-        return start.float().clone()
+        start = self._prompt_embedding(model, fill(template or self._initial_template(concept, generator), concept))
+        if self.config.mining.init == "random":
+            start = torch.randn(start.shape, generator=generator) * start.std()
+        return start
 
     # ---- stage 0: the image pool (A3) ------------------------------------------------------------------------
     def _image_pool(self, model: DiffusionModel, concept: str, index: int, run: RunDirectory) -> torch.Tensor:
@@ -316,7 +318,9 @@ class DarkMiner:
             )
         return model.encode_images(images * 2 - 1, sample=False).float()
 
-    def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop):
+    def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop, steps=None, uniform=False):
+        """Eq. 7-8 for `steps` steps (`circumvent.steps`), each on the pool's last c with probability r, else on an
+        earlier one (A9); with `uniform`, on any entry with equal chance (A24's texts). Returns the loss history."""
         cfg = self.config.circumvent
         # A compiled UNet does not see hooks added after compiling, so the row mask of one_call would be ignored.
         one_call = cfg.one_call and model.compiled == "off"
@@ -337,11 +341,13 @@ class DarkMiner:
             mined = [e.clone().requires_grad_(True) for e in mined]
             refiner = torch.optim.Adam(mined, lr=cfg.refine_lr)
         current, history = len(pool) - 1, LossRecorder("circumventing", run)
-        for step in tqdm(range(cfg.steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
+        for step in tqdm(range(steps or cfg.steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
             for group in optimizer.param_groups:
                 group["lr"] = _step_lr(cfg.lr, step, cfg.lr_decay_step, cfg.lr_decay)
             pick = current
-            if current > 0 and torch.rand((), generator=generator) >= cfg.current_prob:
+            if uniform:
+                pick = int(torch.randint(0, len(pool), (), generator=generator))
+            elif current > 0 and torch.rand((), generator=generator) >= cfg.current_prob:
                 pick = int(torch.randint(0, current, (), generator=generator))
             entry = pool[pick]
             rows = torch.randint(0, len(entry.latents), (cfg.batch_size,), generator=generator)
@@ -410,6 +416,23 @@ class DarkMiner:
             for entry, embedding in zip(pool, mined, strict=True):
                 entry.embedding = embedding.detach().cpu()
         return history.flush()
+
+    def _circumvent_prompts(self, model, concepts: list[str], run) -> tuple[list[MinedEmbedding], dict]:
+        """A24: each concept's texts as pool entries, with the images the original draws from them, and
+        `circumvent.prompt_steps` steps of Eq. 7-8 on them, each step on one drawn uniformly. Its own random stream,
+        so that the loops draw what they draw without it."""
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 - 1)
+        templates = {c: prompt_templates(self._world, c, self.config.mining.prompt_file) for c in concepts}
+        entries = []
+        for concept in concepts:
+            for template in tqdm(templates[concept], desc=f"{concept}: images of its texts", leave=False):
+                embedding = self._prompt_embedding(model, fill(template, concept))
+                with disable_lora(model.unet):  # the original's images, whatever `images_from` says of mined c
+                    latents = self._circumvent_images(model, embedding.to(model.device), generator)
+                entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
+        steps = self.config.circumvent.prompt_steps
+        history = self._circumvent(model, entries, generator, run, "0 texts", steps=steps, uniform=True)
+        return entries, history
 
     def _circumvent_rounds(self, model, pool, generator, run, loop, pool_images, picks):
         """Eq. 7-8 on the loop's c for up to `circumvent.rounds` rounds (A22): after each but the last, s(c) is
@@ -550,6 +573,10 @@ class DarkMiner:
             concept = active[loop % len(active)]  # A10: several concepts take turns
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + loop)
             record = {"loop": loop, "concept": concept}
+            if loop == 0 and cfg.circumvent.prompt_steps:  # A24: the concepts' texts first
+                tic = time.perf_counter()
+                pool, history = self._circumvent_prompts(model, concepts, run)
+                record.update(texts=len(pool), circumvent_texts=history, texts_seconds=time.perf_counter() - tic)
             tic = time.perf_counter()
             embedding, picks, mining_losses, template = self._mine(
                 model, concept, pools[concept], generator, run, loop

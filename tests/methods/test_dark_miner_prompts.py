@@ -1,0 +1,65 @@
+"""A24: the concept's texts enter the pool, and are circumvented, before the first loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from darkminer.config import load_config
+from darkminer.methods.base import ErasureRequest
+from darkminer.methods.dark_miner import DarkMiner, DarkMinerConfig
+from darkminer.methods.dark_miner.config import CircumventConfig
+from darkminer.methods.prompts import prompt_templates
+from darkminer.models import load_lora
+from darkminer.testing import TINY_METHOD_OVERRIDES, tiny_model
+
+_TINY = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=2", "circumvent.images_per_embedding=1"]
+
+
+def _miner(*overrides: str) -> DarkMiner:
+    return DarkMiner(load_config(DarkMinerConfig, None, [*_TINY, *overrides]))
+
+
+def _log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_the_texts_enter_the_pool_before_the_first_loop(tmp_path):
+    miner = _miner("circumvent.prompt_steps=3")
+    miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
+    texts = prompt_templates(miner._world, "star")
+    first = next(r for r in _log(tmp_path) if r.get("loop") == 0)
+    assert first["texts"] == len(texts) and len(first["circumvent_texts"]["l_c"]) == 3
+    _, pool, _ = miner._resume(tiny_model(), type("R", (), {"latest": lambda self: (2, tmp_path / "checkpoint-2")})())
+    seeded = [entry for entry in pool if entry.loop == -1]
+    assert [entry.template for entry in seeded] == texts
+    assert all(entry.latents.shape[0] == 1 for entry in seeded)
+    assert all(entry.loop >= 0 for entry in pool[len(seeded) :])
+
+
+def test_the_loops_draw_what_they_draw_without_the_texts(tmp_path):
+    """The texts' stage has its own random stream: with steps too small to move the adapters, the first loop mines
+    the same embedding with it or without."""
+    runs = {}
+    for name, extra in {"off": [], "on": ["circumvent.prompt_steps=2"]}.items():
+        miner = _miner(*extra, "max_loops=1", "circumvent.lr=1e-30")
+        miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / name)
+        runs[name] = next(r for r in _log(tmp_path / name) if r.get("loop") == 0)["mining_loss"]
+    assert runs["on"] == pytest.approx(runs["off"])
+
+
+def test_the_texts_move_the_adapters(tmp_path):
+    import torch
+
+    miner = _miner("circumvent.prompt_steps=2", "max_loops=1", "verify.tau=1.0", "verify.patience=5")
+    miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
+    model = tiny_model()
+    load_lora(model, tmp_path)
+    moved = [p for n, p in model.unet.named_parameters() if "lora_B" in n]
+    assert moved and any(bool(torch.any(p != 0)) for p in moved)
+
+
+def test_negative_prompt_steps_are_refused():
+    with pytest.raises(ValueError, match="prompt_steps"):
+        CircumventConfig(prompt_steps=-1)
