@@ -17,13 +17,14 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    instead of eps(x_t|u)). x is drawn from c by the original. Each step replays an earlier mined embedding with
    probability 1 - r. With A22, c is verified again after each round of steps and circumvented again while
    s(c) >= tau. With A23, each c's c0 is the prompt c was initialised from, another concept in the concept's place.
+   With A24, the concept's own texts enter the pool, and are circumvented, before the first loop.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
-silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A23: several anchors, tau for another CLIP,
+silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A24: several anchors, tau for another CLIP,
 which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
 refined while circumventing, adapters on every Linear layer, the empty prompt moved, l_p relative to it, rounds of
-circumventing until c fails verification, anchors paired with c's initial prompt), all fields of
-[`DarkMinerConfig`].
+circumventing until c fails verification, anchors paired with c's initial prompt, the concept's texts in the pool
+from the start), all fields of [`DarkMinerConfig`].
 """
 
 from __future__ import annotations
@@ -320,8 +321,11 @@ class DarkMiner:
 
     def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop, steps=None, uniform=False):
         """Eq. 7-8 for `steps` steps (`circumvent.steps`), each on the pool's last c with probability r, else on an
-        earlier one (A9); with `uniform`, on any entry with equal chance (A24's texts). Returns the loss history."""
+        earlier one (A9); with `uniform`, on any entry with equal chance (A24's texts). The learning rate decays at
+        the same share of the steps as in a loop. Returns the loss history."""
         cfg = self.config.circumvent
+        steps = steps or cfg.steps
+        decay_step = round(cfg.lr_decay_step * steps / cfg.steps)
         # A compiled UNet does not see hooks added after compiling, so the row mask of one_call would be ignored.
         one_call = cfg.one_call and model.compiled == "off"
         params = [p.requires_grad_(True) for p in _lora_parameters(model)]
@@ -341,9 +345,9 @@ class DarkMiner:
             mined = [e.clone().requires_grad_(True) for e in mined]
             refiner = torch.optim.Adam(mined, lr=cfg.refine_lr)
         current, history = len(pool) - 1, LossRecorder("circumventing", run)
-        for step in tqdm(range(steps or cfg.steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
+        for step in tqdm(range(steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
             for group in optimizer.param_groups:
-                group["lr"] = _step_lr(cfg.lr, step, cfg.lr_decay_step, cfg.lr_decay)
+                group["lr"] = _step_lr(cfg.lr, step, decay_step, cfg.lr_decay)
             pick = current
             if uniform:
                 pick = int(torch.randint(0, len(pool), (), generator=generator))
