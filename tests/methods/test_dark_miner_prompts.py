@@ -63,3 +63,22 @@ def test_the_texts_move_the_adapters(tmp_path):
 def test_negative_prompt_steps_are_refused():
     with pytest.raises(ValueError, match="prompt_steps"):
         CircumventConfig(prompt_steps=-1)
+
+
+def test_the_texts_steps_decay_at_a_loop_s_share(monkeypatch):
+    """prompt_steps twice a loop's steps: the learning rate decays at twice a loop's lr_decay_step."""
+    import torch
+
+    from darkminer.methods.dark_miner import method
+    from darkminer.methods.dark_miner.method import MinedEmbedding
+    from darkminer.models import add_lora, attention_value_modules
+
+    decays = []
+    monkeypatch.setattr(method, "_step_lr", lambda base, step, decay_step, decay: decays.append(decay_step) or base)
+    model = tiny_model()
+    add_lora(model.unet, attention_value_modules(model.unet), rank=2, alpha=2.0)
+    miner = _miner("circumvent.steps=4", "circumvent.lr_decay_step=3")
+    entry = MinedEmbedding("star", -1, model.prompt_token_embeddings("a star photo", 4), torch.randn(2, 4, 8, 8))
+    miner._circumvent(model, [entry], torch.Generator().manual_seed(0), None, 0, steps=8, uniform=True)
+    miner._circumvent(model, [entry], torch.Generator().manual_seed(0), None, 0)
+    assert decays == [6] * 8 + [3] * 4
