@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from darkminer.config import load_config
 from darkminer.methods.base import ErasureRequest
@@ -29,8 +30,8 @@ def test_the_texts_enter_the_pool_before_the_first_loop(tmp_path):
     miner = _miner("circumvent.prompt_steps=3")
     miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
     texts = prompt_templates(miner._world, "star")
-    first = next(r for r in _log(tmp_path) if r.get("loop") == 0)
-    assert first["texts"] == len(texts) and len(first["circumvent_texts"]["l_c"]) == 3
+    first = _log(tmp_path)[0]
+    assert first["loop"] == -1 and first["texts"] == len(texts) and len(first["circumvent"]["l_c"]) == 3
     _, pool, _ = miner._resume(tiny_model(), type("R", (), {"latest": lambda self: (2, tmp_path / "checkpoint-2")})())
     seeded = [entry for entry in pool if entry.loop == -1]
     assert [entry.template for entry in seeded] == texts
@@ -50,8 +51,6 @@ def test_the_loops_draw_what_they_draw_without_the_texts(tmp_path):
 
 
 def test_the_texts_move_the_adapters(tmp_path):
-    import torch
-
     miner = _miner("circumvent.prompt_steps=2", "max_loops=1", "verify.tau=1.0", "verify.patience=5")
     miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
     model = tiny_model()
@@ -67,8 +66,6 @@ def test_negative_prompt_steps_are_refused():
 
 def test_the_texts_steps_decay_at_a_loop_s_share(monkeypatch):
     """prompt_steps twice a loop's steps: the learning rate decays at twice a loop's lr_decay_step."""
-    import torch
-
     from darkminer.methods.dark_miner import method
     from darkminer.methods.dark_miner.method import MinedEmbedding
     from darkminer.models import add_lora, attention_value_modules
@@ -82,3 +79,30 @@ def test_the_texts_steps_decay_at_a_loop_s_share(monkeypatch):
     miner._circumvent(model, [entry], torch.Generator().manual_seed(0), None, 0, steps=8, uniform=True)
     miner._circumvent(model, [entry], torch.Generator().manual_seed(0), None, 0)
     assert decays == [6] * 8 + [3] * 4
+
+
+def test_a_run_killed_after_the_texts_resumes_from_checkpoint_0(tmp_path, monkeypatch):
+    """The texts' stage is checkpointed: a run killed in its first loop does not circumvent them again, and ends
+    with the adapter of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    overrides = ("circumvent.prompt_steps=3", "max_loops=1")
+    _miner(*overrides).erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "whole")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    crashing = _miner(*overrides)
+    monkeypatch.setattr(crashing, "_mine", killed)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "killed")
+    assert (tmp_path / "killed" / "checkpoint-0").is_dir()
+
+    resumed = _miner(*overrides)
+    monkeypatch.setattr(resumed, "_circumvent_prompts", killed)
+    resumed.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "killed")
+    whole, again = (load_file(tmp_path / d / "pytorch_lora_weights.safetensors") for d in ("whole", "killed"))
+    assert whole.keys() == again.keys()
+    for key in whole:
+        torch.testing.assert_close(again[key], whole[key])
+    assert [r["loop"] for r in _log(tmp_path / "killed")] == [-1, 0]

@@ -569,6 +569,12 @@ class DarkMiner:
             pools[concept] = self._image_pool(model, concept, i, run)
             pool_images[concept] = load_tensors(run.path / "pool" / f"concept-{i}.safetensors")["images"].float() / 255
 
+        if cfg.circumvent.prompt_steps and start == 0 and not pool:  # A24: the texts first, then a checkpoint
+            tic = time.perf_counter()
+            pool, history = self._circumvent_prompts(model, concepts, run)
+            run.log(loop=-1, texts=len(pool), circumvent=history, texts_seconds=time.perf_counter() - tic)
+            self._save_checkpoint(model, run, 0, pool, {**state, "entries": _entries_json(pool)})
+
         bar = tqdm(range(start, cfg.max_loops), desc="dark miner", initial=start, total=cfg.max_loops)
         for loop in bar:
             active = [c for c in concepts if c not in state["done"]]
@@ -577,10 +583,6 @@ class DarkMiner:
             concept = active[loop % len(active)]  # A10: several concepts take turns
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + loop)
             record = {"loop": loop, "concept": concept}
-            if loop == 0 and cfg.circumvent.prompt_steps:  # A24: the concepts' texts first
-                tic = time.perf_counter()
-                pool, history = self._circumvent_prompts(model, concepts, run)
-                record.update(texts=len(pool), circumvent_texts=history, texts_seconds=time.perf_counter() - tic)
             tic = time.perf_counter()
             embedding, picks, mining_losses, template = self._mine(
                 model, concept, pools[concept], generator, run, loop
