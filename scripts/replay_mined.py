@@ -1,6 +1,7 @@
 """Replay the embeddings a Dark Miner run circumvented on the model with and without its adapters.
 
-For each entry of the run's last checkpoint (one mined c per circumvented loop), draws `--images` images from c on
+For each entry of the run's last checkpoint (one mined c per circumvented loop, after the concept's texts where
+`circumvent.prompt_steps` put them in the pool first, A24: those are marked `text`), draws `--images` images from c on
 the erased model (the run's final adapters) and on the original (adapters off), from the same noise and with
 verification's sampler settings, and prints the share the world's detector flags as the concept. An embedding that
 draws the concept only with the adapters on was mined against the adapters, not the original: with
@@ -40,12 +41,13 @@ def main() -> None:
     if not checkpoints:
         parser.error(f"{args.run} has no checkpoint-* directory; is it a Dark Miner run?")
     tensors = load_tensors(checkpoints[-1] / "embeddings.safetensors")
+    entries = json.loads(json.loads((checkpoints[-1] / "state.json").read_text())["entries"])
     space = json.loads((args.run / ERASURE_CONFIG_NAME).read_text())["config"]["mining"]["embedding_space"]
     generator = torch.Generator().manual_seed(0)
     sampler = dict(
         num_images_per_prompt=args.images, num_inference_steps=args.steps, guidance_scale=args.guidance_scale
     )
-    print("entry  erased  original")
+    print("entry  loop  erased  original")
     for i in range(sum(name.endswith(".embedding") for name in tensors)):
         embedding = tensors[f"{i}.embedding"].to(model.device)
         cond = model.encode_prompt(token_embeds=embedding) if space == "token" else embedding
@@ -55,7 +57,8 @@ def main() -> None:
             with disable_lora(model.unet):
                 original = model.generate(cond=cond, latents=latents.clone(), **sampler)
         shares = [float(detector(images).decisions.float().mean()) for images in (erased, original)]
-        print(f"{i:5d}  {shares[0]:6.2f}  {shares[1]:8.2f}", flush=True)
+        loop = "text" if entries[i]["loop"] < 0 else entries[i]["loop"]
+        print(f"{i:5d}  {loop:>4}  {shares[0]:6.2f}  {shares[1]:8.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ def test_the_texts_enter_the_pool_before_the_first_loop(tmp_path):
 
 
 def test_the_loops_draw_what_they_draw_without_the_texts(tmp_path):
-    """The texts' stage has its own random stream: with steps too small to move the adapters, the first loop mines
-    the same embedding with it or without."""
+    """With steps too small to move the adapters, the first loop mines the same embedding after the texts' stage as
+    without it: the stage draws from its own generator and leaves the loops' draws as they were."""
     runs = {}
     for name, extra in {"off": [], "on": ["circumvent.prompt_steps=2"]}.items():
         miner = _miner(*extra, "max_loops=1", "circumvent.lr=1e-30")
@@ -106,3 +106,9 @@ def test_a_run_killed_after_the_texts_resumes_from_checkpoint_0(tmp_path, monkey
     for key in whole:
         torch.testing.assert_close(again[key], whole[key])
     assert [r["loop"] for r in _log(tmp_path / "killed")] == [-1, 0]
+
+
+def test_a_fresh_start_drops_the_records_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+    (tmp_path / "log.jsonl").write_text(json.dumps({"loop": -1, "texts": 20}) + "\n")
+    _miner("circumvent.prompt_steps=2", "max_loops=1").erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
+    assert [r["loop"] for r in _log(tmp_path)] == [-1, 0]

@@ -172,19 +172,20 @@ class DarkMiner:
         return templates[int(torch.randint(0, len(templates), (), generator=generator))]
 
     def _prompt_embedding(self, model: DiffusionModel, prompt: str) -> torch.Tensor:
-        """A prompt as a point of the embedding space c lives in (A1): its L token embeddings, or its conditioning."""
+        """A prompt as a point of the embedding space c lives in (A1): its L token embeddings, or its conditioning,
+        in the model's dtype."""
         with torch.no_grad():
             if self.config.mining.embedding_space == "token":
-                return model.prompt_token_embeddings(prompt, self.config.mining.length).float().clone()
-            return model.encode_prompt(prompt).float().clone()
+                return model.prompt_token_embeddings(prompt, self.config.mining.length)
+            return model.encode_prompt(prompt)
 
     def _initial_embedding(
         self, model: DiffusionModel, concept: str, generator: torch.Generator, template: str | None = None
     ) -> torch.Tensor:
         start = self._prompt_embedding(model, fill(template or self._initial_template(concept, generator), concept))
         if self.config.mining.init == "random":
-            start = torch.randn(start.shape, generator=generator) * start.std()
-        return start
+            start = torch.randn(start.shape, generator=generator).to(start.device) * start.std()
+        return start.float().clone()
 
     # ---- stage 0: the image pool (A3) ------------------------------------------------------------------------
     def _image_pool(self, model: DiffusionModel, concept: str, index: int, run: RunDirectory) -> torch.Tensor:
@@ -430,7 +431,7 @@ class DarkMiner:
         entries = []
         for concept in concepts:
             for template in tqdm(templates[concept], desc=f"{concept}: images of its texts", leave=False):
-                embedding = self._prompt_embedding(model, fill(template, concept))
+                embedding = self._prompt_embedding(model, fill(template, concept)).float().clone()
                 with disable_lora(model.unet):  # the original's images, whatever `images_from` says of mined c
                     latents = self._circumvent_images(model, embedding.to(model.device), generator)
                 entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
@@ -550,7 +551,8 @@ class DarkMiner:
             defaults={**identity, "config": dataclasses.asdict(type(cfg)())},
         )
         resumed = self._resume(model, run)
-        if resumed is None:
+        if resumed is None:  # records a killed run wrote before its first checkpoint are written again
+            run.truncate_log(lambda record: False)
             start, pool = 0, []
             state = {"history": [], "done": [], "below": {c: 0 for c in concepts}}
             with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the global RNG
