@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def test_the_texts_enter_the_pool_before_the_first_loop(tmp_path):
     texts = prompt_templates(miner._world, "star")
     first = _log(tmp_path)[0]
     assert first["loop"] == -1 and first["texts"] == len(texts) and len(first["circumvent"]["l_c"]) == 3
-    _, pool, _ = miner._resume(tiny_model(), type("R", (), {"latest": lambda self: (2, tmp_path / "checkpoint-2")})())
+    _, pool, _ = miner._resume(tiny_model(), SimpleNamespace(latest=lambda: (2, tmp_path / "checkpoint-2")))
     seeded = [entry for entry in pool if entry.loop == -1]
     assert [entry.template for entry in seeded] == texts
     assert all(entry.latents.shape[0] == 1 for entry in seeded)

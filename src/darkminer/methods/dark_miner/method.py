@@ -427,10 +427,10 @@ class DarkMiner:
         `circumvent.prompt_steps` steps of Eq. 7-8 on them, each step on one drawn uniformly. Its own random stream,
         so that the loops draw what they draw without it."""
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 - 1)
-        templates = {c: prompt_templates(self._world, c, self.config.mining.prompt_file) for c in concepts}
         entries = []
         for concept in concepts:
-            for template in tqdm(templates[concept], desc=f"{concept}: images of its texts", leave=False):
+            templates = prompt_templates(self._world, concept, self.config.mining.prompt_file)
+            for template in tqdm(templates, desc=f"{concept}: images of its texts", leave=False):
                 embedding = self._prompt_embedding(model, fill(template, concept)).float().clone()
                 with disable_lora(model.unet):  # the original's images, whatever `images_from` says of mined c
                     latents = self._circumvent_images(model, embedding.to(model.device), generator)
@@ -490,14 +490,17 @@ class DarkMiner:
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, run, loop, pool, state) -> None:
+        """`checkpoint-<loop>`: the adapters, the pool's tensors, and `state` with the pool's entries beside them."""
+        entries = _entries_json(pool)
+
         def write(directory: Path) -> None:
             save_lora(model.unet, directory, metadata={"loop": loop})
             tensors = {}
             for i, entry in enumerate(pool):
                 tensors[f"{i}.embedding"], tensors[f"{i}.latents"] = entry.embedding, entry.latents
-            meta = {"entries": _entries_json(pool)}
+            meta = {"entries": entries}
             save_tensors(directory / "embeddings.safetensors", tensors or {"empty": torch.zeros(1)}, meta)
-            write_json(directory / "state.json", state)
+            write_json(directory / "state.json", {**state, "entries": entries})
 
         run.save_checkpoint(loop, write)
 
@@ -575,7 +578,7 @@ class DarkMiner:
             tic = time.perf_counter()
             pool, history = self._circumvent_prompts(model, concepts, run)
             run.log(loop=-1, texts=len(pool), circumvent=history, texts_seconds=time.perf_counter() - tic)
-            self._save_checkpoint(model, run, 0, pool, {**state, "entries": _entries_json(pool)})
+            self._save_checkpoint(model, run, 0, pool, state)
 
         bar = tqdm(range(start, cfg.max_loops), desc="dark miner", initial=start, total=cfg.max_loops)
         for loop in bar:
@@ -622,7 +625,7 @@ class DarkMiner:
             state["history"].append({k: v for k, v in record.items() if not isinstance(v, dict | list)})
             run.log(**record)
             bar.set_postfix(concept=concept, s=f"{score:.3f}", tau=cfg.verify.tau)
-            self._save_checkpoint(model, run, loop + 1, pool, {**state, "entries": _entries_json(pool)})
+            self._save_checkpoint(model, run, loop + 1, pool, state)
 
         metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
         save_lora(model.unet, run.path, metadata=metadata)
