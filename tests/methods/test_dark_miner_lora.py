@@ -15,6 +15,7 @@ from darkminer.testing import tiny_model
     [
         ("all", lambda u: attention_value_modules(u)),
         ("cross", lambda u: attention_value_modules(u, "cross")),
+        ("cross_kv", lambda u: [n for n in linear_modules(u) if n.endswith((".attn2.to_k", ".attn2.to_v"))]),
         ("noxattn", lambda u: linear_modules(u, cross_attention=False)),
         ("linear", lambda u: linear_modules(u)),
     ],

@@ -18,7 +18,7 @@ _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _OPTIMIZERS = ("sgd", "adam")
 _SCORES = ("cosine", "projection", "detector")
-_TARGETS = ("all", "cross", "self", "noxattn", "linear")
+_TARGETS = ("all", "cross", "self", "cross_kv", "noxattn", "linear")
 
 
 def _check_positive(owner: str, **values) -> None:
@@ -350,9 +350,10 @@ class LoraSettings:
     targets: str = field(
         default="all",
         metadata={
-            "help": "'all' attention value projections (paper), 'cross' or 'self' only; 'noxattn' every Linear layer "
-            "outside the cross-attention modules (ESD-u's Linear layers) or 'linear' every Linear layer but the time "
-            "embedding (A19)."
+            "help": "'all' attention value projections (paper), 'cross' or 'self' only; 'cross_kv' the "
+            "cross-attention keys and values (Concept Ablation's choice, A25); 'noxattn' every Linear layer "
+            "outside the cross-attention modules (ESD-u's Linear layers) or 'linear' every Linear layer but the "
+            "time embedding (A19)."
         },
     )
 

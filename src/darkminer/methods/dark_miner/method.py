@@ -50,6 +50,7 @@ from ...models import (
     linear_modules,
     load_lora,
     lora_row_mask,
+    modules_ending_with,
     save_lora,
 )
 from ...models.adapters import ERASURE_CONFIG_NAME
@@ -115,7 +116,10 @@ def _clip_norm(grad: torch.Tensor, max_norm: float) -> None:
 
 
 def _lora_targets(unet: torch.nn.Module, targets: str) -> list[str]:
-    """The modules `lora.targets` names: attention value projections (A7) or whole sets of Linear layers (A19)."""
+    """The modules `lora.targets` names: attention value projections (A7), the cross-attention keys and values (A25)
+    or whole sets of Linear layers (A19)."""
+    if targets == "cross_kv":
+        return modules_ending_with(unet, (".attn2.to_k", ".attn2.to_v"))
     if targets == "noxattn":
         return linear_modules(unet, cross_attention=False)
     if targets == "linear":
