@@ -47,8 +47,10 @@ def test_the_loops_draw_what_they_draw_without_the_texts(tmp_path):
     for name, extra in {"off": [], "on": ["circumvent.prompt_steps=2"]}.items():
         miner = _miner(*extra, "max_loops=1", "circumvent.lr=1e-30")
         miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / name)
-        runs[name] = next(r for r in _log(tmp_path / name) if r.get("loop") == 0)["mining_loss"]
-    assert runs["on"] == pytest.approx(runs["off"])
+        runs[name] = next(r for r in _log(tmp_path / name) if r.get("loop") == 0)
+    for key in ("mining_loss", "score"):
+        assert runs["on"][key] == pytest.approx(runs["off"][key], rel=1e-6)
+    assert runs["on"]["score"] != 0.0
 
 
 def test_the_texts_move_the_adapters(tmp_path):
@@ -113,3 +115,40 @@ def test_a_fresh_start_drops_the_records_of_a_run_killed_before_its_first_checkp
     (tmp_path / "log.jsonl").write_text(json.dumps({"loop": -1, "texts": 20}) + "\n")
     _miner("circumvent.prompt_steps=2", "max_loops=1").erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path)
     assert [r["loop"] for r in _log(tmp_path)] == [-1, 0]
+
+
+def test_a_run_killed_during_the_texts_stage_starts_it_again(tmp_path, monkeypatch):
+    """Killed before checkpoint-0, the run has nothing to resume: it circumvents the texts from the start and ends
+    with the adapter of an uninterrupted run, its log holding the stage once."""
+    from safetensors.torch import load_file
+
+    overrides = ("circumvent.prompt_steps=3", "max_loops=1")
+    _miner(*overrides).erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "whole")
+
+    crashing = _miner(*overrides)
+
+    def killed_midway(*args, **kwargs):
+        run = args[3]
+        run.log(loop=-1, partial=True)  # what a killed run may leave behind
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(crashing, "_circumvent", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "killed")
+    assert not list((tmp_path / "killed").glob("checkpoint-*"))
+
+    _miner(*overrides).erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "killed")
+    whole, again = (load_file(tmp_path / d / "pytorch_lora_weights.safetensors") for d in ("whole", "killed"))
+    assert whole.keys() == again.keys()
+    for key in whole:
+        torch.testing.assert_close(again[key], whole[key])
+    log = _log(tmp_path / "killed")
+    assert [r["loop"] for r in log] == [-1, 0] and "partial" not in log[0]
+
+
+def test_texts_longer_than_the_mined_embedding_are_named_in_a_warning(tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a {concept}\na very long and detailed photo of a {concept} in the park\n")
+    miner = _miner("circumvent.prompt_steps=1", "max_loops=1", f"mining.prompt_file={texts}")
+    with pytest.warns(UserWarning, match=r"1 of 2 concept texts are longer than mining.length=4 .*in the park"):
+        miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "run")

@@ -257,6 +257,10 @@ class DiffusionModel:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         return bos, eos, pad
 
+    def token_count(self, prompt: str) -> int:
+        """How many tokens `prompt` has without BOS/EOS: the length [`prompt_token_embeddings`] keeps it whole at."""
+        return len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
+
     def prompt_token_embeddings(self, prompts: str | Sequence[str], length: int) -> torch.Tensor:
         """Input embeddings of each prompt's tokens, without BOS/EOS, cut or padded to `length` tokens.
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,25 @@ class DarkMiner:
     def _concept_texts(self, concept: str) -> list[str]:
         """The concept's texts (`mining.prompt_file`, or the world's training prompts) with the concept filled in."""
         return [fill(t, concept) for t in prompt_templates(self._world, concept, self.config.mining.prompt_file)]
+
+    def _warn_cut_texts(self, model: DiffusionModel, concepts: list[str]) -> None:
+        """Warn when concept texts that c starts from (A2) or that enter the pool (A24) are longer than the
+        `mining.length` tokens a token-space c holds, and so are cut."""
+        cfg = self.config
+        uses_texts = cfg.mining.init == "concept_prompts" or cfg.circumvent.prompt_steps > 0
+        if cfg.mining.embedding_space != "token" or not uses_texts:
+            return
+        texts = [text for concept in concepts for text in self._concept_texts(concept)]
+        counts = [model.token_count(text) for text in texts]
+        cut = [count for count in counts if count > cfg.mining.length]
+        if cut:
+            longest = max(range(len(texts)), key=counts.__getitem__)
+            warnings.warn(
+                f"{len(cut)} of {len(texts)} concept texts are longer than mining.length={cfg.mining.length} tokens "
+                f"and are cut to it (the longest, {counts[longest]} tokens: {texts[longest]!r}); set "
+                f"mining.length={min(max(cut), model.max_length - 2)} to keep more of them.",
+                stacklevel=3,
+            )
 
     def _initial_template(self, concept: str, generator: torch.Generator) -> str:
         """The template c starts from (A2): the pool prompt's, or one drawn from the concept's texts."""
@@ -549,6 +569,7 @@ class DarkMiner:
                         f"verify.score='detector' needs a world whose detector judges {concept!r} (ShapesWorld's "
                         f"classifier); the {request.world.name} world has none. Use verify.score=cosine."
                     )
+        self._warn_cut_texts(model, concepts)
         identity = {"method": self.name, "base_model": model.name, "concepts": concepts}
         run = RunDirectory(
             output_dir,
