@@ -351,7 +351,7 @@ class LoraSettings:
         default="all",
         metadata={
             "help": "'all' attention value projections (paper), 'cross' or 'self' only; 'cross_kv' the "
-            "cross-attention keys and values (Concept Ablation's choice, A25); 'noxattn' every Linear layer "
+            "cross-attention keys and values (Concept Ablation's choice, A19); 'noxattn' every Linear layer "
             "outside the cross-attention modules (ESD-u's Linear layers) or 'linear' every Linear layer but the "
             "time embedding (A19)."
         },

@@ -117,7 +117,7 @@ def _clip_norm(grad: torch.Tensor, max_norm: float) -> None:
 
 
 def _lora_targets(unet: torch.nn.Module, targets: str) -> list[str]:
-    """The modules `lora.targets` names: attention value projections (A7), the cross-attention keys and values (A25)
+    """The modules `lora.targets` names: attention value projections (A7), or the cross-attention keys and values
     or whole sets of Linear layers (A19)."""
     if targets == "cross_kv":
         return modules_ending_with(unet, (".attn2.to_k", ".attn2.to_v"))
