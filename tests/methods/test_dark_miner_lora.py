@@ -1,4 +1,5 @@
-"""Where Dark Miner's adapters go (lora.targets): attention values (A7) or whole sets of Linear layers (A19)."""
+"""Where Dark Miner's adapters go (lora.targets): attention values (A7), or the cross-attention keys and values or
+whole sets of Linear layers (A19)."""
 
 import pytest
 import torch
@@ -15,7 +16,6 @@ from darkminer.testing import tiny_model
     [
         ("all", lambda u: attention_value_modules(u)),
         ("cross", lambda u: attention_value_modules(u, "cross")),
-        ("cross_kv", lambda u: [n for n in linear_modules(u) if n.endswith((".attn2.to_k", ".attn2.to_v"))]),
         ("noxattn", lambda u: linear_modules(u, cross_attention=False)),
         ("linear", lambda u: linear_modules(u)),
     ],
@@ -23,6 +23,15 @@ from darkminer.testing import tiny_model
 def test_targets_name_the_module_sets(targets, expected):
     unet = tiny_model().unet
     assert _lora_targets(unet, targets) == expected(unet)
+
+
+def test_cross_kv_names_every_cross_attention_key_and_value_and_nothing_else():
+    unet = tiny_model().unet
+    names = _lora_targets(unet, "cross_kv")
+    keys = [n for n in names if n.endswith(".attn2.to_k")]
+    values = [n for n in names if n.endswith(".attn2.to_v")]
+    assert keys and len(keys) == len(values) == len(names) // 2
+    assert values == attention_value_modules(unet, "cross")
 
 
 def test_unknown_targets_are_refused():

@@ -118,8 +118,9 @@ def test_a_fresh_start_drops_the_records_of_a_run_killed_before_its_first_checkp
 
 
 def test_a_run_killed_during_the_texts_stage_starts_it_again(tmp_path, monkeypatch):
-    """Killed before checkpoint-0, the run has nothing to resume: it circumvents the texts from the start and ends
-    with the adapter of an uninterrupted run, its log holding the stage once."""
+    """Killed after the texts' images are drawn and before checkpoint-0, the run has nothing to resume: it
+    circumvents the texts from the start and ends with the adapter of an uninterrupted run, its log holding the
+    stage once."""
     from safetensors.torch import load_file
 
     overrides = ("circumvent.prompt_steps=3", "max_loops=1")
@@ -127,8 +128,7 @@ def test_a_run_killed_during_the_texts_stage_starts_it_again(tmp_path, monkeypat
 
     crashing = _miner(*overrides)
 
-    def killed_midway(*args, **kwargs):
-        run = args[3]
+    def killed_midway(model, pool, generator, run, *args, **kwargs):
         run.log(loop=-1, partial=True)  # what a killed run may leave behind
         raise KeyboardInterrupt
 
@@ -146,9 +146,33 @@ def test_a_run_killed_during_the_texts_stage_starts_it_again(tmp_path, monkeypat
     assert [r["loop"] for r in log] == [-1, 0] and "partial" not in log[0]
 
 
-def test_texts_longer_than_the_mined_embedding_are_named_in_a_warning(tmp_path):
+@pytest.mark.parametrize("uses", [["circumvent.prompt_steps=1"], ["mining.init=concept_prompts"]])
+def test_texts_longer_than_the_mined_embedding_are_named_in_a_warning(tmp_path, uses):
     texts = tmp_path / "texts.txt"
     texts.write_text("a {concept}\na very long and detailed photo of a {concept} in the park\n")
-    miner = _miner("circumvent.prompt_steps=1", "max_loops=1", f"mining.prompt_file={texts}")
+    miner = _miner(*uses, "max_loops=1", f"mining.prompt_file={texts}")
     with pytest.warns(UserWarning, match=r"1 of 2 concept texts are longer than mining.length=4 .*in the park"):
         miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides"),
+    [
+        ("a {concept}", ["circumvent.prompt_steps=1"]),  # the text fits
+        ("a very long and detailed photo of a {concept} in the park", ["mining.init=prompt"]),  # no text is used
+        (  # c holds the whole encoding
+            "a very long and detailed photo of a {concept} in the park",
+            ["circumvent.prompt_steps=1", "mining.embedding_space=conditioning"],
+        ),
+    ],
+)
+def test_no_warning_when_no_text_is_cut(tmp_path, text, overrides):
+    import warnings
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text(text + "\n")
+    miner = _miner(*overrides, "max_loops=1", f"mining.prompt_file={texts}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "run")
+    assert not [w for w in caught if "concept texts are longer" in str(w.message)]

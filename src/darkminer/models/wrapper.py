@@ -258,7 +258,8 @@ class DiffusionModel:
         return bos, eos, pad
 
     def token_count(self, prompt: str) -> int:
-        """How many tokens `prompt` has without BOS/EOS: the length [`prompt_token_embeddings`] keeps it whole at."""
+        """How many tokens `prompt` has without BOS/EOS: the smallest `length` at which [`prompt_token_embeddings`]
+        keeps it whole."""
         return len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
 
     def prompt_token_embeddings(self, prompts: str | Sequence[str], length: int) -> torch.Tensor:

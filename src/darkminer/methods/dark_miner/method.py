@@ -9,7 +9,7 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    s(c) = mean_{x_e} cos(Enc(x_c) - Enc(x_r), Enc(x_e) - Enc(x_r)) with CLIP image features over the k pool
    images x_e (or, with `verify.score='projection'`, how far x_c moves from x_r along the pool's mean delta; A15).
    If s(c) < tau the concept is no longer reachable (we require it `patience` loops in a row).
-3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections (or more layers, A19) so that
+3. **Circumventing** (Eq. 7-8): train LoRA adapters on attention value projections (or other layers, A19) so that
    the mined c predicts what the frozen original predicts for the anchor c0,
    l_c = ||eps_theta(x_t|c) - eps_theta'(x_t|c0)||^2, while keeping c0, 0*c and -c as they were,
    l_p = sum_u ||eps_theta(x_t|u) - eps_theta'(x_t|u)||^2; the loss is alpha_c l_c + alpha_p l_p (+ alpha_u l_u,
@@ -22,7 +22,8 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
 silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A24: several anchors, tau for another CLIP,
 which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
-refined while circumventing, adapters on every Linear layer, the empty prompt moved, l_p relative to it, rounds of
+refined while circumventing, adapters on the cross-attention keys and values or every Linear layer, the empty
+prompt moved, l_p relative to it, rounds of
 circumventing until c fails verification, anchors paired with c's initial prompt, the concept's texts in the pool
 from the start), all fields of [`DarkMinerConfig`].
 """
@@ -184,7 +185,7 @@ class DarkMiner:
             warnings.warn(
                 f"{len(cut)} of {len(texts)} concept texts are longer than mining.length={cfg.mining.length} tokens "
                 f"and are cut to it (the longest, {counts[longest]} tokens: {texts[longest]!r}); set "
-                f"mining.length={min(max(cut), model.max_length - 2)} to keep more of them.",
+                f"mining.length={min(max(cut), model.max_length - 2)} to keep them whole.",
                 stacklevel=3,
             )
 
