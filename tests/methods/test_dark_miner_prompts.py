@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -167,8 +168,6 @@ def test_texts_longer_than_the_mined_embedding_are_named_in_a_warning(tmp_path, 
     ],
 )
 def test_no_warning_when_no_text_is_cut(tmp_path, text, overrides):
-    import warnings
-
     texts = tmp_path / "texts.txt"
     texts.write_text(text + "\n")
     miner = _miner(*overrides, "max_loops=1", f"mining.prompt_file={texts}")

@@ -22,10 +22,9 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
 silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A24: several anchors, tau for another CLIP,
 which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
-refined while circumventing, adapters on the cross-attention keys and values or every Linear layer, the empty
-prompt moved, l_p relative to it, rounds of
-circumventing until c fails verification, anchors paired with c's initial prompt, the concept's texts in the pool
-from the start), all fields of [`DarkMinerConfig`].
+refined while circumventing, adapters on the cross-attention keys and values or every Linear layer, the empty prompt
+moved, l_p relative to it, rounds of circumventing until c fails verification, anchors paired with c's initial prompt,
+the concept's texts in the pool from the start), all fields of [`DarkMinerConfig`].
 """
 
 from __future__ import annotations
