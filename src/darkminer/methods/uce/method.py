@@ -57,10 +57,6 @@ def default_preserved(world: World, concepts: list[str]) -> list[str]:
     return list(dict.fromkeys(v for c in concepts for v in world.related(c) if v not in concepts))
 
 
-def _token_count(model: DiffusionModel, text: str) -> int:
-    return len(model.tokenizer(text, add_special_tokens=False).input_ids)
-
-
 def edit_pairs(
     model: DiffusionModel, template: str, concept: str, guide: str
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -76,8 +72,8 @@ def edit_pairs(
     prefix = template.split(CONCEPT_MARK, 1)[0]
     # Position of a text's k-th token is k (BOS is position 0); CLIP's BPE splits words independently, so counting
     # the tokens of a prefix locates the concept inside the full text.
-    concept_end = _token_count(model, prefix + concept)
-    guide_end = _token_count(model, (prefix + guide).rstrip())
+    concept_end = model.token_count(prefix + concept)
+    guide_end = model.token_count((prefix + guide).rstrip())
     length = model.max_length - max(concept_end, guide_end)
     if length < 1:
         raise ConfigError(
