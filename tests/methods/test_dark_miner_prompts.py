@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from darkminer.config import load_config
 from darkminer.methods.base import ErasureRequest
@@ -26,6 +27,13 @@ def _miner(*overrides: str) -> DarkMiner:
 
 def _log(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _assert_same_adapter(run_dir, reference_dir) -> None:
+    again, whole = (load_file(d / "pytorch_lora_weights.safetensors") for d in (run_dir, reference_dir))
+    assert whole.keys() == again.keys()
+    for key in whole:
+        torch.testing.assert_close(again[key], whole[key])
 
 
 def test_the_texts_enter_the_pool_before_the_first_loop(tmp_path):
@@ -88,8 +96,6 @@ def test_the_texts_steps_decay_at_a_loop_s_share(monkeypatch):
 def test_a_run_killed_after_the_texts_resumes_from_checkpoint_0(tmp_path, monkeypatch):
     """The texts' stage is checkpointed: a run killed in its first loop does not circumvent them again, and ends
     with the adapter of an uninterrupted run."""
-    from safetensors.torch import load_file
-
     overrides = ("circumvent.prompt_steps=3", "max_loops=1")
     _miner(*overrides).erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "whole")
 
@@ -105,10 +111,7 @@ def test_a_run_killed_after_the_texts_resumes_from_checkpoint_0(tmp_path, monkey
     resumed = _miner(*overrides)
     monkeypatch.setattr(resumed, "_circumvent_prompts", killed)
     resumed.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "killed")
-    whole, again = (load_file(tmp_path / d / "pytorch_lora_weights.safetensors") for d in ("whole", "killed"))
-    assert whole.keys() == again.keys()
-    for key in whole:
-        torch.testing.assert_close(again[key], whole[key])
+    _assert_same_adapter(tmp_path / "killed", tmp_path / "whole")
     assert [r["loop"] for r in _log(tmp_path / "killed")] == [-1, 0]
 
 
@@ -122,8 +125,6 @@ def test_a_run_killed_during_the_texts_stage_starts_it_again(tmp_path, monkeypat
     """Killed after the texts' images are drawn and before checkpoint-0, the run has nothing to resume: it
     circumvents the texts from the start and ends with the adapter of an uninterrupted run, its log holding the
     stage once."""
-    from safetensors.torch import load_file
-
     overrides = ("circumvent.prompt_steps=3", "max_loops=1")
     _miner(*overrides).erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "whole")
 
@@ -139,10 +140,7 @@ def test_a_run_killed_during_the_texts_stage_starts_it_again(tmp_path, monkeypat
     assert not list((tmp_path / "killed").glob("checkpoint-*"))
 
     _miner(*overrides).erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "killed")
-    whole, again = (load_file(tmp_path / d / "pytorch_lora_weights.safetensors") for d in ("whole", "killed"))
-    assert whole.keys() == again.keys()
-    for key in whole:
-        torch.testing.assert_close(again[key], whole[key])
+    _assert_same_adapter(tmp_path / "killed", tmp_path / "whole")
     log = _log(tmp_path / "killed")
     assert [r["loop"] for r in log] == [-1, 0] and "partial" not in log[0]
 
