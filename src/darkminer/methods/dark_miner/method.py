@@ -522,8 +522,7 @@ class DarkMiner:
             tensors = {}
             for i, entry in enumerate(pool):
                 tensors[f"{i}.embedding"], tensors[f"{i}.latents"] = entry.embedding, entry.latents
-            meta = {"entries": entries}
-            save_tensors(directory / "embeddings.safetensors", tensors or {"empty": torch.zeros(1)}, meta)
+            save_tensors(directory / "embeddings.safetensors", tensors or {"empty": torch.zeros(1)})
             write_json(directory / "state.json", {**state, "entries": entries})
 
         run.save_checkpoint(loop, write)
