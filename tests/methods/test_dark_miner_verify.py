@@ -109,7 +109,7 @@ def test_the_detector_score_is_the_share_of_flagged_images(tmp_path, flag):
 
 def test_the_detector_score_needs_a_world_with_a_detector(tmp_path):
     overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "verify.score=detector", "verify.tau=0.1"]
-    with pytest.raises(ValueError, match="needs a world whose detector"):
+    with pytest.raises(ValueError, match="has no detector that judges"):
         DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
             tiny_model(), ErasureRequest(["star"]), tmp_path
         )

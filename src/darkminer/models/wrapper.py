@@ -262,6 +262,12 @@ class DiffusionModel:
         keeps it whole."""
         return len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
 
+    def whole_words(self) -> list[str]:
+        """The words the tokenizer writes as one token: its vocabulary entries that end a word (`</w>`) and are
+        alphabetic, in id order."""
+        marked = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        return [t[: -len("</w>")] for t in marked if t.endswith("</w>") and t[: -len("</w>")].isalpha()]
+
     def prompt_token_embeddings(self, prompts: str | Sequence[str], length: int) -> torch.Tensor:
         """Input embeddings of each prompt's tokens, without BOS/EOS, cut or padded to `length` tokens.
 

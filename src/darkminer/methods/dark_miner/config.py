@@ -245,6 +245,21 @@ class CircumventConfig:
             "(the paper).",
         },
     )
+    neighbour_words: int = field(
+        default=0,
+        metadata={
+            "min": 0,
+            "help": "A25, not in the paper; needs prompt_steps and a world detector: the K words of the tokenizer's "
+            "vocabulary whose `pool.prompt` (the word in the concept's place) the text encoder puts nearest the "
+            "concept's own (cosine of the conditionings) are drawn by the original, `images_per_embedding` images "
+            "each, and those whose images the world's detector flags in at least `neighbour_share` of them join "
+            "the concept's texts ('a red photo' -> 'a tomato photo'). 0: only the concept's texts.",
+        },
+    )
+    neighbour_share: float = field(
+        default=0.5,
+        metadata={"help": "A25: share of a neighbour word's images the detector must flag for it to join the texts."},
+    )
     rounds: int = field(
         default=1,
         metadata={
@@ -304,6 +319,13 @@ class CircumventConfig:
             refine_lr=self.refine_lr,
             rounds=self.rounds,
         )
+        if not 0.0 < self.neighbour_share <= 1.0:
+            raise ValueError(f"circumvent.neighbour_share is a share in (0, 1], got {self.neighbour_share}.")
+        if self.neighbour_words and not self.prompt_steps:
+            raise ValueError(
+                "circumvent.neighbour_words adds texts to the texts' stage, which circumvent.prompt_steps=0 turns "
+                "off; set circumvent.prompt_steps > 0 (e.g. 300) or neighbour_words=0."
+            )
         if not 0.0 <= self.current_prob <= 1.0:
             raise ValueError(f"circumvent.current_prob is a probability, got {self.current_prob}.")
         self.anchor = string_list("circumvent", "anchor", self.anchor)

@@ -329,9 +329,10 @@ class DarkMiner:
 
     # ---- stage 3: circumventing (Eq. 7-8) --------------------------------------------------------------------
     @torch.no_grad()
-    def _circumvent_images(self, model, embedding, generator) -> torch.Tensor:
+    def _circumvent_images(self, model, embedding, generator, decoded: bool = False) -> torch.Tensor:
         """Latents of the x of Eq. 7-8: images the frozen original (or the adapted model, A13) draws from c
-        (`images_from='mined'` takes the pool images mining used instead, in the loop)."""
+        (`images_from='mined'` takes the pool images mining used instead, in the loop); the images in [0, 1]
+        themselves with `decoded`."""
         cfg = self.config
         adapters_off = disable_lora(model.unet) if cfg.circumvent.images_from == "original" else nullcontext()
         with adapters_off:
@@ -342,7 +343,7 @@ class DarkMiner:
                 num_inference_steps=cfg.generate_steps,
                 guidance_scale=cfg.guidance_scale,
             )
-        return model.encode_images(images * 2 - 1, sample=False).float()
+        return images if decoded else model.encode_images(images * 2 - 1, sample=False).float()
 
     def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop, steps=None, uniform=False):
         """Eq. 7-8 for `steps` steps (`circumvent.steps`), each on the pool's last c with probability r, else on an
@@ -446,12 +447,13 @@ class DarkMiner:
                 entry.embedding = embedding.detach().cpu()
         return history.flush()
 
-    def _circumvent_prompts(self, model, concepts: list[str], run) -> tuple[list[MinedEmbedding], dict]:
+    def _circumvent_prompts(self, model, concepts: list[str], run) -> tuple[list[MinedEmbedding], dict, dict]:
         """A24: each concept's texts as pool entries, with the images the original draws from them, and
         `circumvent.prompt_steps` steps of Eq. 7-8 on them, each step on one drawn uniformly. Its own random stream,
-        so that the loops draw what they draw without it."""
+        so that the loops draw what they draw without it. Returns the entries, the loss history and, per concept,
+        the neighbour words A25 added with the share of their images the detector flagged."""
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 - 1)
-        entries = []
+        entries, added = [], {}
         for concept in concepts:
             templates = prompt_templates(self._world, concept, self.config.mining.prompt_file)
             for template in tqdm(templates, desc=f"{concept}: images of its texts", leave=False):
@@ -459,9 +461,41 @@ class DarkMiner:
                 with disable_lora(model.unet):  # the original's images, whatever `images_from` says of mined c
                     latents = self._circumvent_images(model, embedding.to(model.device), generator)
                 entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
+            if self.config.circumvent.neighbour_words:
+                neighbours, added[concept] = self._neighbour_entries(model, concept, generator)
+                entries += neighbours
         steps = self.config.circumvent.prompt_steps
         history = self._circumvent(model, entries, generator, run, "0 texts", steps=steps, uniform=True)
-        return entries, history
+        return entries, history, added
+
+    @torch.no_grad()
+    def _neighbour_entries(self, model, concept: str, generator) -> tuple[list[MinedEmbedding], dict[str, float]]:
+        """A25: the words of the vocabulary the text encoder puts nearest `concept`, in `pool.prompt`'s concept
+        place, that the original draws the concept from: pool entries with those images, and each word's share."""
+        cfg = self.config
+        template = cfg.pool.prompt
+        words = [w for w in model.whole_words() if w.lower() not in concept.lower().split()]
+        reference = model.encode_prompt(fill(template, concept)).flatten(1).float()
+        similarity = torch.cat(
+            [
+                F.cosine_similarity(
+                    model.encode_prompt([fill(template, w) for w in words[i : i + 256]]).flatten(1), reference
+                )
+                for i in range(0, len(words), 256)
+            ]
+        )
+        nearest = [words[i] for i in similarity.argsort(descending=True)[: cfg.circumvent.neighbour_words].tolist()]
+        entries, shares = [], {}
+        for word in tqdm(nearest, desc=f"{concept}: neighbour words", leave=False):
+            embedding = self._prompt_embedding(model, fill(template, word)).float().clone()
+            with disable_lora(model.unet):
+                images = self._circumvent_images(model, embedding.to(model.device), generator, decoded=True)
+            share = float(self._detectors[concept](images).decisions.float().mean())
+            if share >= cfg.circumvent.neighbour_share:
+                latents = model.encode_images(images * 2 - 1, sample=False).float()
+                entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
+                shares[word] = share
+        return entries, shares
 
     def _circumvent_rounds(self, model, pool, generator, run, loop, pool_images, picks):
         """Eq. 7-8 on the loop's c for up to `circumvent.rounds` rounds (A22): after each but the last, s(c) is
@@ -560,14 +594,21 @@ class DarkMiner:
         concepts = list(request.concepts)
         self._world = request.world
         self._detectors = {}
-        if cfg.verify.score == "detector":
-            for concept in concepts:
-                self._detectors[concept] = request.world.detector(model, concept)
-                if self._detectors[concept] is None:
-                    raise ConfigError(
-                        f"verify.score='detector' needs a world whose detector judges {concept!r} (ShapesWorld's "
-                        f"classifier); the {request.world.name} world has none. Use verify.score=cosine."
-                    )
+        needs = [
+            need
+            for need, on in [
+                ("verify.score='detector'", cfg.verify.score == "detector"),
+                ("circumvent.neighbour_words", cfg.circumvent.neighbour_words > 0),
+            ]
+            if on
+        ]
+        for concept in concepts if needs else []:
+            self._detectors[concept] = request.world.detector(model, concept)
+            if self._detectors[concept] is None:
+                raise ConfigError(
+                    f"{' and '.join(needs)}: the {request.world.name} world has no detector that judges {concept!r} "
+                    "(ShapesWorld's classifier does); use verify.score=cosine and circumvent.neighbour_words=0."
+                )
         self._warn_cut_texts(model, concepts)
         identity = {"method": self.name, "base_model": model.name, "concepts": concepts}
         run = RunDirectory(
@@ -600,8 +641,9 @@ class DarkMiner:
 
         if cfg.circumvent.prompt_steps and start == 0 and not pool:  # A24: the texts first, then a checkpoint
             tic = time.perf_counter()
-            pool, history = self._circumvent_prompts(model, concepts, run)
-            run.log(loop=-1, texts=len(pool), circumvent=history, texts_seconds=time.perf_counter() - tic)
+            pool, history, neighbours = self._circumvent_prompts(model, concepts, run)
+            extra = {"neighbours": neighbours} if cfg.circumvent.neighbour_words else {}
+            run.log(loop=-1, texts=len(pool), circumvent=history, texts_seconds=time.perf_counter() - tic, **extra)
             self._save_checkpoint(model, run, 0, pool, state)
 
         bar = tqdm(range(start, cfg.max_loops), desc="dark miner", initial=start, total=cfg.max_loops)
