@@ -479,9 +479,9 @@ class DarkMiner:
         similarity = torch.cat(
             [
                 F.cosine_similarity(
-                    model.encode_prompt([fill(template, w) for w in words[i : i + 256]]).flatten(1), reference
+                    model.encode_prompt([fill(template, w) for w in words[i : i + 256]]).flatten(1).float(), reference
                 )
-                for i in range(0, len(words), 256)
+                for i in tqdm(range(0, len(words), 256), desc=f"{concept}: ranking the vocabulary", leave=False)
             ]
         )
         nearest = [words[i] for i in similarity.argsort(descending=True)[: cfg.circumvent.neighbour_words].tolist()]
