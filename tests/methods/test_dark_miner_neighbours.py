@@ -21,10 +21,14 @@ _TINY = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", "circumvent.images
 
 
 class _ShareWorld(World):
-    """A world whose detector flags the first `flagged` images of every batch."""
+    """A world whose detector flags the first `flagged` images of every batch, with the concept word alone as its
+    text, or the given texts."""
 
-    def __init__(self, flagged: int):
-        self.flagged = flagged
+    def __init__(self, flagged: int, texts: list[str] | None = None):
+        self.flagged, self.texts = flagged, texts
+
+    def training_prompts(self, concept):
+        return self.texts or super().training_prompts(concept)
 
     def detector(self, model, concept):
         def judge(images):
@@ -34,9 +38,9 @@ class _ShareWorld(World):
         return judge
 
 
-def _run(tmp_path, flagged: int, *overrides: str) -> tuple[dict, DarkMiner]:
+def _run(tmp_path, flagged: int, *overrides: str, texts: list[str] | None = None) -> tuple[dict, DarkMiner]:
     miner = DarkMiner(load_config(DarkMinerConfig, None, [*_TINY, "circumvent.prompt_steps=1", *overrides]))
-    miner.erase(tiny_model(), ErasureRequest(["star"], world=_ShareWorld(flagged)), tmp_path)
+    miner.erase(tiny_model(), ErasureRequest(["star"], world=_ShareWorld(flagged, texts)), tmp_path)
     first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     return first, miner
 
@@ -46,10 +50,24 @@ def test_the_nearest_words_the_detector_flags_join_the_texts(tmp_path):
     neighbours = first["neighbours"]["star"]
     assert first["loop"] == -1 and first["texts"] == 1 + 3  # the concept word alone, then its three neighbours
     assert len(neighbours) == 3 and "star" not in neighbours and set(neighbours.values()) == {1.0}
+    assert all(len(text.split()) == 1 for text in neighbours)  # each word written into that text
     _, pool, _ = miner._resume(tiny_model(), SimpleNamespace(latest=lambda: (1, tmp_path / "checkpoint-1")))
     texts = [entry for entry in pool if entry.loop == -1]
-    assert [entry.template for entry in texts] == ["{concept}"] + [miner.config.pool.prompt] * 3
+    assert [entry.template for entry in texts] == ["{concept}"] * 4  # the generic world's one text: the word alone
     assert all(entry.latents.shape[0] == 2 for entry in texts)
+
+
+def test_each_word_is_written_into_one_of_the_concept_s_texts(tmp_path):
+    texts = ["a photo of a star", "a drawing of a red star"]
+    first, miner = _run(tmp_path, 2, "circumvent.neighbour_words=6", "mining.length=12", texts=texts)
+    written = list(first["neighbours"]["star"])
+    assert len(written) == 6 and first["texts"] == 2 + 6
+    assert all(t.startswith(("a photo of a ", "a drawing of a red ")) and not t.endswith(" star") for t in written)
+    _, pool, _ = miner._resume(tiny_model(), SimpleNamespace(latest=lambda: (1, tmp_path / "checkpoint-1")))
+    assert {entry.template for entry in pool if entry.loop == -1} <= {
+        "a photo of a {concept}",
+        "a drawing of a red {concept}",
+    }
 
 
 def test_words_flagged_in_fewer_images_than_the_share_stay_out(tmp_path):

@@ -251,9 +251,10 @@ class CircumventConfig:
             "min": 0,
             "help": "A25, not in the paper; needs prompt_steps and a world detector: the K words of the tokenizer's "
             "vocabulary whose `pool.prompt` (the word in the concept's place) the text encoder puts nearest the "
-            "concept's own (cosine of the conditionings) are drawn by the original, `images_per_embedding` images "
-            "each, and those whose images the world's detector flags in at least `neighbour_share` of them join "
-            "the concept's texts ('a red photo' -> 'a tomato photo'). 0: only the concept's texts.",
+            "concept's own (cosine of the conditionings), each written into one of the concept's texts drawn at "
+            "random ('a photo of a red cross' -> 'a photo of a red plus'), are drawn by the original, "
+            "`images_per_embedding` images each, and those whose images the world's detector flags in at least "
+            "`neighbour_share` of them join the concept's texts. 0: only the concept's texts.",
         },
     )
     neighbour_share: float = field(

@@ -471,23 +471,27 @@ class DarkMiner:
 
     @torch.no_grad()
     def _neighbour_entries(self, model, concept: str, generator) -> tuple[list[MinedEmbedding], dict[str, float]]:
-        """A25: the words of the vocabulary the text encoder puts nearest `concept`, in `pool.prompt`'s concept
-        place, that the original draws the concept from: pool entries with those images, and each word's share."""
+        """A25: the words of the vocabulary the text encoder puts nearest `concept` (in `pool.prompt`'s concept
+        place), each written into one of the concept's texts drawn at random, that the original draws the concept
+        from: pool entries with those images, and each word's share."""
         cfg = self.config
-        template = cfg.pool.prompt
         words = [w for w in model.whole_words() if w.lower() not in concept.lower().split()]
-        reference = model.encode_prompt(fill(template, concept)).flatten(1).float()
+        reference = model.encode_prompt(fill(cfg.pool.prompt, concept)).flatten(1).float()
         similarity = torch.cat(
             [
                 F.cosine_similarity(
-                    model.encode_prompt([fill(template, w) for w in words[i : i + 256]]).flatten(1).float(), reference
+                    model.encode_prompt([fill(cfg.pool.prompt, w) for w in words[i : i + 256]]).flatten(1).float(),
+                    reference,
                 )
                 for i in tqdm(range(0, len(words), 256), desc=f"{concept}: ranking the vocabulary", leave=False)
             ]
         )
         nearest = [words[i] for i in similarity.argsort(descending=True)[: cfg.circumvent.neighbour_words].tolist()]
+        templates = [t for t in prompt_templates(self._world, concept, cfg.mining.prompt_file) if CONCEPT_MARK in t]
+        templates = templates or [cfg.pool.prompt]
         entries, shares = [], {}
         for word in tqdm(nearest, desc=f"{concept}: neighbour words", leave=False):
+            template = templates[int(torch.randint(0, len(templates), (), generator=generator))]
             embedding = self._prompt_embedding(model, fill(template, word)).float().clone()
             with disable_lora(model.unet):
                 images = self._circumvent_images(model, embedding.to(model.device), generator, decoded=True)
@@ -495,7 +499,7 @@ class DarkMiner:
             if share >= cfg.circumvent.neighbour_share:
                 latents = model.encode_images(images * 2 - 1, sample=False).float()
                 entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
-                shares[word] = share
+                shares[fill(template, word)] = share
         return entries, shares
 
     def _circumvent_rounds(self, model, pool, generator, run, loop, pool_images, picks):
