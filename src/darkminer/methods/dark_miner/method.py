@@ -139,6 +139,11 @@ def _predict_at(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond:
     return model.predict_noise(x_t.repeat(groups, 1, 1, 1), t.repeat(groups), cond)
 
 
+def _latents(model: DiffusionModel, images: torch.Tensor) -> torch.Tensor:
+    """The VAE latents (means) of images in [0, 1], in float32."""
+    return model.encode_images(images * 2 - 1, sample=False).float()
+
+
 def _entries_json(pool: list[MinedEmbedding]) -> str:
     """What a checkpoint records of each pool entry besides its tensors."""
     return json.dumps([{"concept": e.concept, "loop": e.loop, "template": e.template} for e in pool])
@@ -330,21 +335,24 @@ class DarkMiner:
 
     # ---- stage 3: circumventing (Eq. 7-8) --------------------------------------------------------------------
     @torch.no_grad()
-    def _circumvent_images(self, model, embedding, generator, decoded: bool = False) -> torch.Tensor:
+    def _circumvent_images(self, model, embedding, generator) -> torch.Tensor:
         """Latents of the x of Eq. 7-8: images the frozen original (or the adapted model, A13) draws from c
-        (`images_from='mined'` takes the pool images mining used instead, in the loop); the images in [0, 1]
-        themselves with `decoded`."""
+        (`images_from='mined'` takes the pool images mining used instead, in the loop)."""
+        return _latents(model, self._draw_circumvent_images(model, embedding, generator))
+
+    @torch.no_grad()
+    def _draw_circumvent_images(self, model, embedding, generator) -> torch.Tensor:
+        """The images in [0, 1] behind [`_circumvent_images`]."""
         cfg = self.config
         adapters_off = disable_lora(model.unet) if cfg.circumvent.images_from == "original" else nullcontext()
         with adapters_off:
-            images = model.generate(
+            return model.generate(
                 cond=self._condition(model, embedding),
                 num_images_per_prompt=cfg.circumvent.images_per_embedding,
                 generator=generator,
                 num_inference_steps=cfg.generate_steps,
                 guidance_scale=cfg.guidance_scale,
             )
-        return images if decoded else model.encode_images(images * 2 - 1, sample=False).float()
 
     def _circumvent(self, model, pool: list[MinedEmbedding], generator, run, loop, steps=None, uniform=False):
         """Eq. 7-8 for `steps` steps (`circumvent.steps`), each on the pool's last c with probability r, else on an
@@ -463,17 +471,19 @@ class DarkMiner:
                     latents = self._circumvent_images(model, embedding.to(model.device), generator)
                 entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
             if self.config.circumvent.neighbour_words:
-                neighbours, added[concept] = self._neighbour_entries(model, concept, generator)
+                neighbours, added[concept] = self._neighbour_entries(model, concept, templates, generator)
                 entries += neighbours
         steps = self.config.circumvent.prompt_steps
         history = self._circumvent(model, entries, generator, run, "0 texts", steps=steps, uniform=True)
         return entries, history, added
 
     @torch.no_grad()
-    def _neighbour_entries(self, model, concept: str, generator) -> tuple[list[MinedEmbedding], dict[str, float]]:
+    def _neighbour_entries(
+        self, model, concept: str, texts: list[str], generator
+    ) -> tuple[list[MinedEmbedding], dict[str, float]]:
         """A25: the words of the vocabulary the text encoder puts nearest `concept` (in `pool.prompt`'s concept
-        place), each written into one of the concept's texts drawn at random, that the original draws the concept
-        from: pool entries with those images, and each word's share."""
+        place), each written into one of the concept's `texts` (templates) drawn at random, that the original draws
+        the concept from: pool entries with those images, and each word's share."""
         cfg = self.config
         words = [w for w in model.whole_words() if w.lower() not in concept.lower().split()]
         reference = model.encode_prompt(fill(cfg.pool.prompt, concept)).flatten(1).float()
@@ -487,18 +497,16 @@ class DarkMiner:
             ]
         )
         nearest = [words[i] for i in similarity.argsort(descending=True)[: cfg.circumvent.neighbour_words].tolist()]
-        templates = [t for t in prompt_templates(self._world, concept, cfg.mining.prompt_file) if CONCEPT_MARK in t]
-        templates = templates or [cfg.pool.prompt]
+        templates = [t for t in texts if CONCEPT_MARK in t] or [cfg.pool.prompt]
         entries, shares = [], {}
         for word in tqdm(nearest, desc=f"{concept}: neighbour words", leave=False):
             template = templates[int(torch.randint(0, len(templates), (), generator=generator))]
             embedding = self._prompt_embedding(model, fill(template, word)).float().clone()
             with disable_lora(model.unet):
-                images = self._circumvent_images(model, embedding.to(model.device), generator, decoded=True)
+                images = self._draw_circumvent_images(model, embedding.to(model.device), generator)
             share = float(self._detectors[concept](images).decisions.float().mean())
             if share >= cfg.circumvent.neighbour_share:
-                latents = model.encode_images(images * 2 - 1, sample=False).float()
-                entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
+                entries.append(MinedEmbedding(concept, -1, embedding.cpu(), _latents(model, images).cpu(), template))
                 shares[fill(template, word)] = share
         return entries, shares
 
