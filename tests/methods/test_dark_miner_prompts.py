@@ -145,19 +145,33 @@ def test_a_run_killed_during_the_texts_stage_starts_it_again(tmp_path, monkeypat
     assert [r["loop"] for r in log] == [-1, 0] and "partial" not in log[0]
 
 
-@pytest.mark.parametrize("uses", [["circumvent.prompt_steps=1"], ["mining.init=concept_prompts"]])
-def test_texts_longer_than_the_mined_embedding_are_named_in_a_warning(tmp_path, uses):
+def test_texts_longer_than_the_mined_embedding_that_mining_starts_from_are_named_in_a_warning(tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("a {concept}\na very long and detailed photo of a {concept} in the park\n")
-    miner = _miner(*uses, "max_loops=1", f"mining.prompt_file={texts}")
-    with pytest.warns(UserWarning, match=r"1 of 2 concept texts are longer than mining.length=4 .*in the park"):
+    miner = _miner("mining.init=concept_prompts", "max_loops=1", f"mining.prompt_file={texts}")
+    with pytest.warns(UserWarning, match=r"1 of 2 concept texts .* longer than mining.length=4 .*in the park"):
         miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "run")
+
+
+def test_the_texts_enter_the_pool_whole_beside_a_shorter_mined_embedding(tmp_path):
+    """A c of 4 tokens (CCE's length) does not cut the texts of the texts' stage: each is as long as it needs, the
+    mined c keeps mining.length, and the run resumes a pool of both lengths."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a {concept}\na big red {concept}\n")
+    miner = _miner("circumvent.prompt_steps=2", "mining.init=prompt", f"mining.prompt_file={texts}")
+    miner.erase(tiny_model(), ErasureRequest(concepts=["star"]), tmp_path / "run")
+    model = tiny_model()
+    _, pool, _ = miner._resume(model, SimpleNamespace(latest=lambda: (2, tmp_path / "run" / "checkpoint-2")))
+    assert model.token_count("a big red star") == 6
+    assert [entry.embedding.shape[1] for entry in pool] == [4, 6, 4, 4]
+    torch.testing.assert_close(pool[1].embedding, model.prompt_token_embeddings("a big red star", 6).float())
 
 
 @pytest.mark.parametrize(
     ("text", "overrides"),
     [
         ("a {concept}", ["circumvent.prompt_steps=1"]),  # the text fits
+        ("a very long and detailed photo of a {concept} in the park", ["circumvent.prompt_steps=1"]),  # never cut
         ("a very long and detailed photo of a {concept} in the park", ["mining.init=prompt"]),  # no text is used
         (  # c holds the whole encoding
             "a very long and detailed photo of a {concept} in the park",

@@ -176,11 +176,10 @@ class DarkMiner:
         return [fill(t, concept) for t in prompt_templates(self._world, concept, self.config.mining.prompt_file)]
 
     def _warn_cut_texts(self, model: DiffusionModel, concepts: list[str]) -> None:
-        """Warn when concept texts that c starts from (A2) or that enter the pool (A24) are longer than the
-        `mining.length` tokens a token-space c holds, and so are cut."""
+        """Warn when concept texts that c starts from (A2) are longer than the `mining.length` tokens a token-space
+        c holds, and so are cut. The texts that enter the pool (A24) are never cut (`_text_embedding`)."""
         cfg = self.config
-        uses_texts = cfg.mining.init == "concept_prompts" or cfg.circumvent.prompt_steps > 0
-        if cfg.mining.embedding_space != "token" or not uses_texts:
+        if cfg.mining.embedding_space != "token" or cfg.mining.init != "concept_prompts":
             return
         texts = [text for concept in concepts for text in self._concept_texts(concept)]
         counts = [model.token_count(text) for text in texts]
@@ -188,9 +187,10 @@ class DarkMiner:
         if cut:
             longest = max(range(len(texts)), key=counts.__getitem__)
             warnings.warn(
-                f"{len(cut)} of {len(texts)} concept texts are longer than mining.length={cfg.mining.length} tokens "
-                f"and are cut to it (the longest, {counts[longest]} tokens: {texts[longest]!r}); set "
-                f"mining.length={min(max(cut), model.max_length - 2)} to keep them whole.",
+                f"{len(cut)} of {len(texts)} concept texts that mining starts from (mining.init=concept_prompts) are "
+                f"longer than mining.length={cfg.mining.length} tokens and are cut to it (the longest, "
+                f"{counts[longest]} tokens: {texts[longest]!r}); set mining.length="
+                f"{min(max(cut), model.max_length - 2)} to keep them whole, or mining.init=prompt.",
                 stacklevel=3,
             )
 
@@ -201,13 +201,20 @@ class DarkMiner:
         templates = prompt_templates(self._world, concept, self.config.mining.prompt_file)
         return templates[int(torch.randint(0, len(templates), (), generator=generator))]
 
-    def _prompt_embedding(self, model: DiffusionModel, prompt: str) -> torch.Tensor:
-        """A prompt as a point of the embedding space c lives in (A1): its L token embeddings, or its conditioning,
-        in the model's dtype."""
+    def _prompt_embedding(self, model: DiffusionModel, prompt: str, length: int | None = None) -> torch.Tensor:
+        """A prompt as a point of the embedding space c lives in (A1): its token embeddings cut or padded to
+        `length` (default `mining.length`), or its conditioning, in the model's dtype."""
         with torch.no_grad():
             if self.config.mining.embedding_space == "token":
-                return model.prompt_token_embeddings(prompt, self.config.mining.length)
+                return model.prompt_token_embeddings(prompt, length or self.config.mining.length)
             return model.encode_prompt(prompt)
+
+    def _text_embedding(self, model: DiffusionModel, text: str) -> torch.Tensor:
+        """A text that enters the pool whole (A24, A25): in token space at least `mining.length` tokens long, and
+        longer where the text needs it, so that a short c (CCE's length, 4) never cuts the concept's word off its
+        texts."""
+        length = min(max(self.config.mining.length, model.token_count(text)), model.max_length - 2)
+        return self._prompt_embedding(model, text, length).float().clone()
 
     def _initial_embedding(
         self, model: DiffusionModel, concept: str, generator: torch.Generator, template: str | None = None
@@ -466,7 +473,7 @@ class DarkMiner:
         for concept in concepts:
             templates = prompt_templates(self._world, concept, self.config.mining.prompt_file)
             for template in tqdm(templates, desc=f"{concept}: images of its texts", leave=False):
-                embedding = self._prompt_embedding(model, fill(template, concept)).float().clone()
+                embedding = self._text_embedding(model, fill(template, concept))
                 with disable_lora(model.unet):  # the original's images, whatever `images_from` says of mined c
                     latents = self._circumvent_images(model, embedding.to(model.device), generator)
                 entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
@@ -501,7 +508,7 @@ class DarkMiner:
         entries, shares = [], {}
         for word in tqdm(nearest, desc=f"{concept}: neighbour words", leave=False):
             template = templates[int(torch.randint(0, len(templates), (), generator=generator))]
-            embedding = self._prompt_embedding(model, fill(template, word)).float().clone()
+            embedding = self._text_embedding(model, fill(template, word))
             with disable_lora(model.unet):
                 images = self._draw_circumvent_images(model, embedding.to(model.device), generator)
             share = float(self._detectors[concept](images).decisions.float().mean())
