@@ -238,7 +238,8 @@ class CircumventConfig:
         metadata={
             "min": 0,
             "help": "A24, not in the paper: before the first loop, each of the concept's texts (`mining.prompt_file`, "
-            "or the world's training prompts) enters the pool as a c, with `images_per_embedding` images the "
+            "or the world's training prompts) enters the pool as a c (whole: in token space as many tokens as it has, "
+            "where that is more than `mining.length`), with `images_per_embedding` images the "
             "original draws from it, and Eq. 7-8 run this many steps on them, each step on a text drawn uniformly "
             "(the learning rate decaying at the same share of the steps as in a loop); the loops then mine what "
             "they leave, and replay the texts with the mined c. 0: the pool starts empty "
