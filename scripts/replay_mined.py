@@ -6,8 +6,12 @@ the erased model (the run's final adapters) and on the original (adapters off), 
 verification's sampler settings, and prints the share the world's detector flags as the concept. An embedding that
 draws the concept only with the adapters on was mined against the adapters, not the original: with
 `circumvent.images_from=original` its circumventing images do not show the concept (docs/design.md, A13).
+`--attack-dir` replays an attack's learned embeddings after them (CCE's `embeddings.safetensors`, token space), with
+each one's token norms beside the run's: an attack that draws the concept only on the erased model found an input
+the erasure created, not one the original already drew the concept from.
 
     python scripts/replay_mined.py runs/red red
+    python scripts/replay_mined.py runs/red red --attack-dir runs/red-eval/cce
 """
 
 import argparse
@@ -30,6 +34,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="Images per embedding and model.")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps (verification's default).")
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="Guidance (verification's default).")
+    parser.add_argument(
+        "--attack-dir", type=Path, help="An attack's output directory whose embeddings.safetensors to replay too."
+    )
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -47,18 +54,27 @@ def main() -> None:
     sampler = dict(
         num_images_per_prompt=args.images, num_inference_steps=args.steps, guidance_scale=args.guidance_scale
     )
-    print("entry  loop  erased  original")
+    replays = []
     for i in range(sum(name.endswith(".embedding") for name in tensors)):
-        embedding = tensors[f"{i}.embedding"].to(model.device)
-        cond = model.encode_prompt(token_embeds=embedding) if space == "token" else embedding
+        replays.append(("text" if entries[i]["loop"] < 0 else str(entries[i]["loop"]), tensors[f"{i}.embedding"]))
+    if args.attack_dir is not None:
+        path = args.attack_dir / "embeddings.safetensors"
+        if not path.is_file():
+            parser.error(f"{args.attack_dir} has no embeddings.safetensors; pass an attack's output directory.")
+        replays += [(args.attack_dir.name, embedding[None]) for embedding in load_tensors(path)["embeddings"]]
+    print("entry  loop  tokens  token norm  erased  original")
+    for i, (loop, embedding) in enumerate(replays):
+        embedding = embedding.to(model.device)
+        cond = model.encode_prompt(token_embeds=embedding.to(model.dtype)) if space == "token" else embedding
         with torch.no_grad():
             latents = model.prepare_latents(args.images, generator=generator)
             erased = model.generate(cond=cond, latents=latents.clone(), **sampler)
             with disable_lora(model.unet):
                 original = model.generate(cond=cond, latents=latents.clone(), **sampler)
         shares = [float(detector(images).decisions.float().mean()) for images in (erased, original)]
-        loop = "text" if entries[i]["loop"] < 0 else entries[i]["loop"]
-        print(f"{i:5d}  {loop:>4}  {shares[0]:6.2f}  {shares[1]:8.2f}", flush=True)
+        norm = float(embedding.float().norm(dim=-1).mean()) if space == "token" else float("nan")
+        row = f"{i:5d}  {loop:>4}  {embedding.shape[1]:6d}  {norm:10.2f}"
+        print(f"{row}  {shares[0]:6.2f}  {shares[1]:8.2f}", flush=True)
 
 
 if __name__ == "__main__":
