@@ -56,23 +56,25 @@ def main() -> None:
     )
     replays = []
     for i in range(sum(name.endswith(".embedding") for name in tensors)):
-        replays.append(("text" if entries[i]["loop"] < 0 else str(entries[i]["loop"]), tensors[f"{i}.embedding"]))
+        loop = "text" if entries[i]["loop"] < 0 else str(entries[i]["loop"])
+        replays.append((loop, tensors[f"{i}.embedding"], space == "token"))
     if args.attack_dir is not None:
         path = args.attack_dir / "embeddings.safetensors"
         if not path.is_file():
             parser.error(f"{args.attack_dir} has no embeddings.safetensors; pass an attack's output directory.")
-        replays += [(args.attack_dir.name, embedding[None]) for embedding in load_tensors(path)["embeddings"]]
+        # an attack learns token-input embeddings whatever space the run mined in
+        replays += [(args.attack_dir.name, e[None], True) for e in load_tensors(path)["embeddings"]]
     print("entry  loop  tokens  token norm  erased  original")
-    for i, (loop, embedding) in enumerate(replays):
+    for i, (loop, embedding, tokens) in enumerate(replays):
         embedding = embedding.to(model.device)
-        cond = model.encode_prompt(token_embeds=embedding.to(model.dtype)) if space == "token" else embedding
+        cond = model.encode_prompt(token_embeds=embedding.to(model.dtype)) if tokens else embedding
         with torch.no_grad():
             latents = model.prepare_latents(args.images, generator=generator)
             erased = model.generate(cond=cond, latents=latents.clone(), **sampler)
             with disable_lora(model.unet):
                 original = model.generate(cond=cond, latents=latents.clone(), **sampler)
         shares = [float(detector(images).decisions.float().mean()) for images in (erased, original)]
-        norm = float(embedding.float().norm(dim=-1).mean()) if space == "token" else float("nan")
+        norm = float(embedding.float().norm(dim=-1).mean()) if tokens else float("nan")
         row = f"{i:5d}  {loop:>4}  {embedding.shape[1]:6d}  {norm:10.2f}"
         print(f"{row}  {shares[0]:6.2f}  {shares[1]:8.2f}", flush=True)
 
