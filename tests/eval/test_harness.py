@@ -24,6 +24,17 @@ TINY_ATTACKS = [
 ]
 
 
+# A few steps of each stage of the packaged preset, the concept's texts' stage (A24) included.
+_TINY_DARK_MINER = [
+    "max_loops=1",
+    "mining.steps=2",
+    "circumvent.steps=2",
+    "circumvent.prompt_steps=2",
+    "pool.size=2",
+    "generate_steps=2",
+]
+
+
 @pytest.fixture(scope="module")
 def quick_world(tmp_path_factory):
     directory = tmp_path_factory.mktemp("world") / "shapesworld"
@@ -158,9 +169,7 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
         runs_dir=str(tmp_path / "runs"),
         output=str(tmp_path / "table.md"),
         quick=True,
-        extra_method_overrides={
-            "dark_miner": ["max_loops=1", "mining.steps=2", "circumvent.steps=2", "pool.size=2", "generate_steps=2"]
-        },
+        extra_method_overrides={"dark_miner": _TINY_DARK_MINER},
         extra_attack_overrides=["ring_a_bell.population=8"],
         sampling_steps=2,
     )
@@ -229,9 +238,7 @@ def test_a_bench_over_seeds_erases_and_evaluates_once_per_seed(quick_world, tmp_
         quick=True,
         seeds=[3, 5],
         attack_images=3,
-        extra_method_overrides={
-            "dark_miner": ["max_loops=1", "mining.steps=2", "circumvent.steps=2", "pool.size=2", "generate_steps=2"]
-        },
+        extra_method_overrides={"dark_miner": _TINY_DARK_MINER},
         extra_attack_overrides=["ring_a_bell.population=8"],
         sampling_steps=2,
     )
