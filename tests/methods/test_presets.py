@@ -31,3 +31,19 @@ def test_preset_parses_and_names_its_command(path):
 def test_quick_bench_overrides_apply_to_the_presets(method):
     for path in (p for p in PRESETS if p.parent.name == method):
         load_config(get_method(method).config_class, path, QUICK_METHOD_OVERRIDES[method])
+
+
+def test_quick_bench_shortens_the_texts_stage_only_where_a_preset_turns_it_on(tmp_path):
+    from darkminer.commands.bench import QUICK_METHOD_CAPS, BenchConfig, _method_overrides
+
+    config = BenchConfig(methods=["dark_miner"], concepts=["star", "striped"], quick=True, runs_dir=str(tmp_path))
+    cap = QUICK_METHOD_CAPS["dark_miner"]["circumvent.prompt_steps"]
+    resolved = {
+        concept: load_config(
+            get_method("dark_miner").config_class,
+            config.method_config("dark_miner", concept),
+            _method_overrides(config, "dark_miner", concept),
+        ).circumvent.prompt_steps
+        for concept in config.concepts
+    }
+    assert resolved == {"star": cap, "striped": 0}

@@ -9,6 +9,7 @@ layout of the paper's Table 1. Resumable: a finished cell is read back, not reco
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -58,6 +59,9 @@ QUICK_METHOD_OVERRIDES = {
     "sld": [],  # nothing is trained
     "salun": ["steps=20", "images=20", "retain_images=20", "generate_steps=10"],
 }
+QUICK_METHOD_CAPS = {"dark_miner": {"circumvent.prompt_steps": 20}}
+"""--quick's caps on stages a preset may turn on: such a field becomes the smaller of the preset's value and the cap,
+so a stage the preset leaves off (0) stays off and one it turns on runs a few steps."""
 QUICK_SAMPLING_STEPS = 10  # --quick: DDIM steps of every evaluation image, at most
 QUICK_ATTACK_OVERRIDES = [
     "cce.steps=10",
@@ -254,7 +258,7 @@ def _cell(config: BenchConfig, method: str, concept: str, seed: int | None = Non
                 alternative=config.alternative_of(concept) if method == "all_but_one" else None,
                 config_file=config.method_config(method, concept),
                 clip=config.clip,
-                overrides=_method_overrides(config, method, seed),
+                overrides=_method_overrides(config, method, concept, seed),
                 report=False,
             )
         )
@@ -280,7 +284,9 @@ def _same_method_config(config: BenchConfig, method: str, concept: str, adapter:
     config_class = get_method(method).config_class
     return _same_config(
         done,
-        load_config(config_class, config.method_config(method, concept), _method_overrides(config, method, seed)),
+        load_config(
+            config_class, config.method_config(method, concept), _method_overrides(config, method, concept, seed)
+        ),
     )
 
 
@@ -291,15 +297,28 @@ def _same_config(done: dict | None, wanted) -> bool:
     return with_defaults(done, jsonable_config(type(wanted)())) == jsonable_config(wanted)
 
 
-def _method_overrides(config: BenchConfig, method: str, seed: int | None = None) -> list[str]:
+def _method_overrides(config: BenchConfig, method: str, concept: str, seed: int | None = None) -> list[str]:
     """The bench's overrides of a method's preset: --quick's, the caller's, then the cell's seed where the method's
     config has one (UCE and SLD draw nothing: only their evaluation changes with the seed)."""
     seeded = seed is not None and any(f.name == "seed" for f in dataclasses.fields(get_method(method).config_class))
     return [
-        *(QUICK_METHOD_OVERRIDES.get(method, []) if config.quick else []),
+        *(_quick_overrides(config, method, concept) if config.quick else []),
         *config.extra_method_overrides.get(method, []),
         *([f"seed={seed}"] if seeded else []),
     ]
+
+
+def _quick_overrides(config: BenchConfig, method: str, concept: str) -> list[str]:
+    """--quick's overrides of `method`'s preset for `concept`: QUICK_METHOD_OVERRIDES, then a cap from
+    QUICK_METHOD_CAPS for each field the preset sets above it."""
+    overrides = list(QUICK_METHOD_OVERRIDES.get(method, []))
+    caps = QUICK_METHOD_CAPS.get(method, {})
+    if caps:
+        preset = load_config(get_method(method).config_class, config.method_config(method, concept), overrides)
+        for path, cap in caps.items():
+            if functools.reduce(getattr, path.split("."), preset) > cap:
+                overrides.append(f"{path}={cap}")
+    return overrides
 
 
 def run_bench(config: BenchConfig, command: str) -> Path:
