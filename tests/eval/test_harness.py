@@ -13,6 +13,7 @@ from darkminer.commands import bench
 from darkminer.commands.bench import BenchConfig, composite, run_bench
 from darkminer.commands.evaluate import EvaluateJob, evaluate
 from darkminer.eval import attacks as eval_attacks
+from darkminer.provenance import code_digest
 
 TINY_ATTACKS = [
     "cce.steps=3",
@@ -178,6 +179,13 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     assert "| Ratio + mean ASR % |" in table
     cells = sorted(p.parents[2].name for p in (tmp_path / "runs").rglob("results.json"))
     assert cells == ["dark_miner", "original"]
+    # Every cell names the code of its erasure and its evaluation, and the table says that both are this code.
+    erased = json.loads(next((tmp_path / "runs").rglob("erasure_config.json")).read_text())
+    assert erased["code"] == code_digest()
+    assert {tuple(json.loads(p.read_text())["code"]) for p in (tmp_path / "runs").rglob("results.json")} == {
+        (code_digest(),)
+    }
+    assert f"Code: every cell was computed by this code (darkminer digest `{code_digest()}`)." in table
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
     run_bench(config, "test")
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}

@@ -8,6 +8,7 @@ layout of the paper's Table 1. Resumable: a finished cell is read back, not reco
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -27,6 +28,7 @@ from ..methods import get_method, list_methods
 from ..models.adapters import ERASURE_CONFIG_NAME
 from ..models.runtime import ModelSource
 from ..protocols import ProtocolOptions
+from ..provenance import code_digest
 from ..training.checkpoint import with_defaults
 from .erase import EraseJob, run_erase
 from .evaluate import EvaluateJob, evaluate, rerun_attacks, table_figures, table_row
@@ -326,13 +328,14 @@ def run_bench(config: BenchConfig, command: str) -> Path:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("darkminer bench runs in one process; launch it without torchrun or accelerate.")
     start = time.perf_counter()
-    rows, composites = {}, {}
+    rows, composites, cells = {}, {}, []
     for method in ["original", *config.methods]:
         for concept in config.concepts:
             if not config.has_preset(method, concept):
                 rows[(method, concept)] = None
                 continue
             seeded = [_cell(config, method, concept, seed) for seed in config.seeds or [None]]
+            cells += seeded
             rows[(method, concept)] = table_row(seeded[0]) if len(seeded) == 1 else seeds_row(seeded)
             if config.suite == "shapesworld":
                 value = composites[(method, concept)] = composite(mean_results(seeded))
@@ -347,6 +350,7 @@ def run_bench(config: BenchConfig, command: str) -> Path:
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; this invocation took {time.perf_counter() - start:.0f} s (finished cells are "
         f"reused). {_seeds_line(config)}  ",
+        f"{_code_line(cells)}  ",
         _legend(config),
         "",
     ]
@@ -423,6 +427,20 @@ def _seeds_line(config: BenchConfig) -> str:
     return (
         f"Seeds: {', '.join(map(str, config.seeds))}, each the method's seed (where its config has one) and the "
         f"evaluation's, one cell per seed; figures are mean ± standard deviation over the {len(config.seeds)} seeds."
+    )
+
+
+def _code_line(cells: list[dict]) -> str:
+    """Which code computed the table's cells: the digests each cell's results record for its erasure and its
+    evaluation (`darkminer.provenance.code_digest`), against this invocation's."""
+    now = code_digest()
+    counts = collections.Counter(" + ".join(f"`{d}`" for d in r.get("code", [])) or "unrecorded" for r in cells)
+    if list(counts) == [f"`{now}`"]:
+        return f"Code: every cell was computed by this code (darkminer digest `{now}`)."
+    return (
+        "Code: cells computed by darkminer digests "
+        + ", ".join(f"{digests} ({n})" for digests, n in counts.items())
+        + f"; this invocation ran `{now}`."
     )
 
 

@@ -35,6 +35,7 @@ from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
 from ..models.sampling import generate_batched
 from ..protocols import ProtocolOptions
+from ..provenance import code_digest, erasure_code
 from ..training.checkpoint import locked_directory
 from ..utils.images import labelled_grid
 from ..worlds import ShapesWorldSuite, world_for
@@ -108,8 +109,15 @@ def rerun_attacks(job: EvaluateJob, results: dict, attacks: list[str]) -> None:
     kept = {name: record for name, record in results["attacks"].items() if name not in attacks}
     grids = [(caption, name) for caption, name in _ERASURE_GRIDS if (out / name).is_file()]
     grids += [(f"attack {name}", f"grid_attack_{name}.png") for name in kept]
-    figures = {k: v for k, v in results.items() if k not in {"job", "runtime", "detector", "attacks", "seconds"}}
-    progress = {"job_key": _job_key(job), "figures": figures or None, "attacks": kept, "grids": grids}
+    skip = {"job", "runtime", "detector", "attacks", "seconds", "code"}
+    figures = {k: v for k, v in results.items() if k not in skip}
+    progress = {
+        "job_key": _job_key(job),
+        "figures": figures or None,
+        "attacks": kept,
+        "grids": grids,
+        "code": results.get("code", []),
+    }
     write_json(out / PROGRESS_NAME, {**progress, "seconds": results.get("seconds", 0.0)})
 
 
@@ -147,6 +155,7 @@ def evaluate(job: EvaluateJob) -> dict:
             progress = json.loads((out / PROGRESS_NAME).read_text())
         if progress.get("job_key") != key:
             progress = {"job_key": key, "figures": None, "attacks": {}, "grids": [], "seconds": 0.0}
+        progress["code"] = sorted({*progress.get("code", []), code_digest(), *erasure_code(job.adapter)})
         start = time.perf_counter() - progress["seconds"]
 
         def checkpoint() -> None:
@@ -172,6 +181,7 @@ def evaluate(job: EvaluateJob) -> dict:
             **(progress["figures"] or {}),
             "attacks": {name: progress["attacks"][name] for name in job.attacks},
             "seconds": round(time.perf_counter() - start, 1),
+            "code": progress["code"],
         }
         _write_report(out, job, results, progress["grids"])
         write_json(out / "results.json", results)

@@ -35,6 +35,7 @@ from ..metrics.clip import encode_images, encode_texts
 from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
 from ..protocols import build_protocol
+from ..provenance import code_digest, erasure_code
 from ..training.checkpoint import locked_directory
 from ..utils.distributed import Workers
 from ..utils.images import labelled_grid, load_image_folder
@@ -134,6 +135,7 @@ def evaluate_protocol(job) -> dict:
             for row in rows
         ],
         "seconds": round(time.perf_counter() - start, 1),
+        "code": sorted({code_digest(), *erasure_code(job.adapter)}),
     }
     if workers.main:
         with locked_directory(job.output_dir) as out:
