@@ -1,10 +1,11 @@
-"""The code digest recorded beside every erasure and evaluation, and the bench's line that reads it back."""
+"""The code digest recorded with every run and evaluation, and the bench's line that reads it back."""
 
 import json
 import re
 
 from darkminer.commands.bench import _code_line
-from darkminer.provenance import code_digest, erasure_code, record_code
+from darkminer.provenance import code_digest
+from darkminer.training.checkpoint import CODE_NAME, RunDirectory
 
 
 def test_the_code_digest_is_twelve_hex_digits_and_stable():
@@ -13,25 +14,31 @@ def test_the_code_digest_is_twelve_hex_digits_and_stable():
     assert code_digest() == code_digest()
 
 
-def test_an_erasure_records_its_code_and_an_evaluation_reads_it_back(tmp_path):
-    assert erasure_code(None) == [] and erasure_code(tmp_path) == []
-    record_code(tmp_path)  # no erasure_config.json: nothing to add to
-    assert not (tmp_path / "erasure_config.json").exists()
-    (tmp_path / "erasure_config.json").write_text(json.dumps({"method": "esd", "config": {"steps": 3}}))
-    assert erasure_code(tmp_path) == []  # an erasure from before the record
-    record_code(tmp_path)
-    record = json.loads((tmp_path / "erasure_config.json").read_text())
-    assert record == {"method": "esd", "config": {"steps": 3}, "code": code_digest()}
-    assert erasure_code(str(tmp_path)) == [code_digest()]
+def test_a_run_directory_lists_the_code_of_every_process_that_opened_it(tmp_path):
+    RunDirectory(tmp_path / "new", {"steps": 1}).close()
+    assert json.loads((tmp_path / "new" / CODE_NAME).read_text()) == [code_digest()]
+    run = RunDirectory(tmp_path / "new", {"steps": 1})  # a resume by the same code adds nothing
+    assert run.code == [code_digest()]
+    run.close()
+    # a run started before the record existed, or by other code, keeps what it says
+    RunDirectory(tmp_path / "old", {"steps": 1}).close()
+    (tmp_path / "old" / CODE_NAME).unlink()
+    run = RunDirectory(tmp_path / "old", {"steps": 1})
+    assert run.code == ["unrecorded", code_digest()]
+    run.close()
+    (tmp_path / "old" / CODE_NAME).write_text(json.dumps(["0123456789ab"]))
+    run = RunDirectory(tmp_path / "old", {"steps": 1})
+    assert run.code == ["0123456789ab", code_digest()]
+    run.close()
 
 
 def test_the_bench_says_which_code_computed_its_cells():
     now = code_digest()
-    assert _code_line([{"code": [now]}, {"code": [now]}]) == (
-        f"Code: every cell was computed by this code (darkminer digest `{now}`)."
-    )
-    mixed = _code_line([{"code": [now]}, {"code": ["0123456789ab", now]}, {}])
-    assert mixed == (
-        f"Code: cells computed by darkminer digests `{now}` (1), `0123456789ab` + `{now}` (1), unrecorded (1); this "
+    cell = {"code": {"erasure": [now], "evaluation": [now]}}
+    original = {"code": {"evaluation": [now]}}
+    assert _code_line([cell, original]) == f"Code: every cell was computed by this code (darkminer digest `{now}`)."
+    resumed = {"code": {"erasure": ["unrecorded", now], "evaluation": [now]}}
+    assert _code_line([cell, resumed, {}]) == (
+        f"Code: cells computed by darkminer digests `{now}` (1), unrecorded + `{now}` (1), unrecorded (1); this "
         f"invocation ran `{now}`."
     )

@@ -1,46 +1,33 @@
 """Which code computed a result: a digest of the installed package, recorded beside every erasure and evaluation.
 
 Two results with the same digest were computed by the same darkminer source, presets and bundled ShapesWorld model,
-whatever commit, checkout or install they came from; a table assembled from cells computed on several machines can
-therefore say whether all of its cells came from one code.
+whatever commit, checkout or install they came from (the versions of torch, diffusers and the other dependencies are
+not part of it); a table assembled from cells computed on several machines can therefore say whether all of its cells
+came from one code. Where it is recorded: each run directory's `code.json` (the digest of every process that opened
+the run), the `code` of the erasure's `erasure_config.json` (the same list) and the `code` of an evaluation's
+`results.json` (`erasure`: its adapter's list; `evaluation`: the digest of every process that worked on it).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from pathlib import Path
 
-from .config import write_json
-from .models.adapters import ERASURE_CONFIG_NAME
-
-__all__ = ["code_digest", "erasure_code", "record_code"]
+__all__ = ["code_digest"]
 
 
 @functools.cache
 def code_digest() -> str:
-    """The first 12 hex digits of the SHA-256 over every file of the `darkminer` package (its relative path, then its
-    bytes, in path order; compiled `__pycache__` files left out)."""
+    """The first 12 hex digits of the SHA-256 over the files of the `darkminer` package (each one's relative path,
+    then its bytes, in path order). Left out: compiled `__pycache__` files and anything under a name that starts
+    with a dot or ends in `.tmp` (what a tool or an interrupted write leaves beside the package's own files)."""
     root = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+    for path in sorted(root.rglob("*")):
+        parts = path.relative_to(root).parts
+        if not path.is_file() or any(p == "__pycache__" or p.startswith(".") or p.endswith(".tmp") for p in parts):
+            continue
+        digest.update("/".join(parts).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
-
-
-def erasure_code(adapter: str | Path | None) -> list[str]:
-    """The digest of the code that finished the erasure in run directory `adapter`, as its `erasure_config.json`
-    records it (`darkminer erase` writes it there); empty for no adapter or an erasure from before the record."""
-    path = Path(adapter) / ERASURE_CONFIG_NAME if adapter else None
-    code = json.loads(path.read_text()).get("code") if path is not None and path.is_file() else None
-    return [code] if code else []
-
-
-def record_code(run_dir: str | Path) -> None:
-    """Add the digest of the code that finished an erasure to its run directory's `erasure_config.json`, so that a
-    result computed from the adapter can name the code that made it."""
-    path = Path(run_dir) / ERASURE_CONFIG_NAME
-    if path.is_file():
-        write_json(path, {**json.loads(path.read_text()), "code": code_digest()})

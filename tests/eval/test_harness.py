@@ -181,9 +181,12 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     assert cells == ["dark_miner", "original"]
     # Every cell names the code of its erasure and its evaluation, and the table says that both are this code.
     erased = json.loads(next((tmp_path / "runs").rglob("erasure_config.json")).read_text())
-    assert erased["code"] == code_digest()
-    assert {tuple(json.loads(p.read_text())["code"]) for p in (tmp_path / "runs").rglob("results.json")} == {
-        (code_digest(),)
+    assert erased["code"] == [code_digest()]
+    results = (tmp_path / "runs").rglob("results.json")
+    recorded = {p.parents[2].name: json.loads(p.read_text())["code"] for p in results}
+    assert recorded == {
+        "dark_miner": {"erasure": [code_digest()], "evaluation": [code_digest()]},
+        "original": {"evaluation": [code_digest()]},
     }
     assert f"Code: every cell was computed by this code (darkminer digest `{code_digest()}`)." in table
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}

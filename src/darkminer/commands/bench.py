@@ -29,7 +29,7 @@ from ..models.adapters import ERASURE_CONFIG_NAME
 from ..models.runtime import ModelSource
 from ..protocols import ProtocolOptions
 from ..provenance import code_digest
-from ..training.checkpoint import with_defaults
+from ..training.checkpoint import UNRECORDED, with_defaults
 from .erase import EraseJob, run_erase
 from .evaluate import EvaluateJob, evaluate, rerun_attacks, table_figures, table_row
 
@@ -300,8 +300,8 @@ def _same_config(done: dict | None, wanted) -> bool:
 
 
 def _method_overrides(config: BenchConfig, method: str, concept: str, seed: int | None = None) -> list[str]:
-    """The bench's overrides of a method's preset: --quick's, the caller's, then the cell's seed where the method's
-    config has one (UCE and SLD draw nothing: only their evaluation changes with the seed)."""
+    """The bench's overrides of a method's preset for `concept`: --quick's, the caller's, then the cell's seed where
+    the method's config has one (UCE and SLD draw nothing: only their evaluation changes with the seed)."""
     seeded = seed is not None and any(f.name == "seed" for f in dataclasses.fields(get_method(method).config_class))
     return [
         *(_quick_overrides(config, method, concept) if config.quick else []),
@@ -432,9 +432,13 @@ def _seeds_line(config: BenchConfig) -> str:
 
 def _code_line(cells: list[dict]) -> str:
     """Which code computed the table's cells: the digests each cell's results record for its erasure and its
-    evaluation (`darkminer.provenance.code_digest`), against this invocation's."""
+    evaluation (`darkminer.provenance`), against this invocation's."""
     now = code_digest()
-    counts = collections.Counter(" + ".join(f"`{d}`" for d in r.get("code", [])) or "unrecorded" for r in cells)
+    counts = collections.Counter()
+    for results in cells:
+        code = results.get("code", {})
+        digests = dict.fromkeys([*code.get("erasure", []), *code.get("evaluation", [UNRECORDED])])
+        counts[" + ".join(d if d == UNRECORDED else f"`{d}`" for d in digests)] += 1
     if list(counts) == [f"`{now}`"]:
         return f"Code: every cell was computed by this code (darkminer digest `{now}`)."
     return (

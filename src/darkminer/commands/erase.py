@@ -12,7 +12,6 @@ from ..methods import ErasureRequest, ErasureResult, get_method
 from ..models import DiffusionModel, ModelLoadError, disable_lora, merge_lora
 from ..models.loading import SHAPESWORLD
 from ..models.runtime import ModelSource, peak_memory_mb
-from ..provenance import record_code
 from ..utils.images import labelled_grid
 from ..worlds import World, world_for
 
@@ -143,7 +142,6 @@ def run_erase(job: EraseJob) -> tuple[ErasureResult, DiffusionModel, object]:
     start = time.perf_counter()
     result = entry.method_class(config).erase(model, request, job.output_dir)
     result.summary["seconds"] = round(time.perf_counter() - start, 1)
-    record_code(Path(job.output_dir))
     if job.report:
         write_run_report(model, job, config, result, request.world)
     if job.merge:

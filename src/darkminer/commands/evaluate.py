@@ -35,8 +35,8 @@ from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
 from ..models.sampling import generate_batched
 from ..protocols import ProtocolOptions
-from ..provenance import code_digest, erasure_code
-from ..training.checkpoint import locked_directory
+from ..provenance import code_digest
+from ..training.checkpoint import UNRECORDED, locked_directory
 from ..utils.images import labelled_grid
 from ..worlds import ShapesWorldSuite, world_for
 
@@ -116,7 +116,7 @@ def rerun_attacks(job: EvaluateJob, results: dict, attacks: list[str]) -> None:
         "figures": figures or None,
         "attacks": kept,
         "grids": grids,
-        "code": results.get("code", []),
+        "code": results.get("code", {}).get("evaluation", [UNRECORDED]),
     }
     write_json(out / PROGRESS_NAME, {**progress, "seconds": results.get("seconds", 0.0)})
 
@@ -144,8 +144,8 @@ def evaluate(job: EvaluateJob) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("A ShapesWorld evaluation runs in one process; launch it without torchrun or accelerate.")
     model = job.load()
-    if job.adapter:
-        apply_adapter(model, job.adapter)
+    # the code of the erasure, as its record names it, then of every process that works on this evaluation
+    code = {"erasure": apply_adapter(model, job.adapter).get("code", [UNRECORDED])} if job.adapter else {}
     suite = world_for(model).suite(model, job.concept)  # refuses what it cannot judge, before anything is written
     with locked_directory(job.output_dir) as out:
         (out / "results.json").unlink(missing_ok=True)
@@ -154,8 +154,8 @@ def evaluate(job: EvaluateJob) -> dict:
         if (out / PROGRESS_NAME).is_file():
             progress = json.loads((out / PROGRESS_NAME).read_text())
         if progress.get("job_key") != key:
-            progress = {"job_key": key, "figures": None, "attacks": {}, "grids": [], "seconds": 0.0}
-        progress["code"] = sorted({*progress.get("code", []), code_digest(), *erasure_code(job.adapter)})
+            progress = {"job_key": key, "figures": None, "attacks": {}, "grids": [], "seconds": 0.0, "code": []}
+        progress["code"] = list(dict.fromkeys([*progress.get("code", [UNRECORDED]), code_digest()]))
         start = time.perf_counter() - progress["seconds"]
 
         def checkpoint() -> None:
@@ -181,7 +181,7 @@ def evaluate(job: EvaluateJob) -> dict:
             **(progress["figures"] or {}),
             "attacks": {name: progress["attacks"][name] for name in job.attacks},
             "seconds": round(time.perf_counter() - start, 1),
-            "code": progress["code"],
+            "code": {**code, "evaluation": progress["code"]},
         }
         _write_report(out, job, results, progress["grids"])
         write_json(out / "results.json", results)

@@ -35,8 +35,8 @@ from ..metrics.clip import encode_images, encode_texts
 from ..models.adapters import apply_adapter
 from ..models.runtime import ModelSource
 from ..protocols import build_protocol
-from ..provenance import code_digest, erasure_code
-from ..training.checkpoint import locked_directory
+from ..provenance import code_digest
+from ..training.checkpoint import UNRECORDED, locked_directory
 from ..utils.distributed import Workers
 from ..utils.images import labelled_grid, load_image_folder
 
@@ -67,8 +67,7 @@ def evaluate_protocol(job) -> dict:
     if workers.device is not None and job.device == "auto":
         source["device"] = str(workers.device)  # one device per launched process
     model = ModelSource(**source).load()
-    if job.adapter:
-        apply_adapter(model, job.adapter)
+    code = {"erasure": apply_adapter(model, job.adapter).get("code", [UNRECORDED])} if job.adapter else {}
     if hasattr(protocol.detector, "to"):
         protocol.detector.to(model.device)
     start = time.perf_counter()
@@ -135,7 +134,7 @@ def evaluate_protocol(job) -> dict:
             for row in rows
         ],
         "seconds": round(time.perf_counter() - start, 1),
-        "code": sorted({code_digest(), *erasure_code(job.adapter)}),
+        "code": {**code, "evaluation": [code_digest()]},  # a killed protocol evaluation starts over
     }
     if workers.main:
         with locked_directory(job.output_dir) as out:

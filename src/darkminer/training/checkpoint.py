@@ -29,6 +29,9 @@ from ..config import temp_name, write_json
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
 LOCK_NAME = ".lock"
+CODE_NAME = "code.json"
+UNRECORDED = "unrecorded"
+"""What stands for the code of work done before darkminer recorded it (`darkminer.provenance`)."""
 MANIFEST_NAME = "checkpoint.json"
 RUNTIME_KEY = "runtime"
 _PREFIX = "checkpoint-"
@@ -162,7 +165,8 @@ class RunDirectory:
                 config[RUNTIME_KEY] = _jsonable(runtime)
             self.config_hash = _config_hash(config)
             existing = self.path / CONFIG_NAME
-            if existing.exists():
+            started = existing.exists()
+            if started:
                 try:
                     previous = json.loads(existing.read_text())
                 except ValueError as err:
@@ -182,10 +186,23 @@ class RunDirectory:
                 for _, checkpoint in self.checkpoints():
                     self._manifest(checkpoint)  # refuses checkpoints of another config before config.json says ours
                 write_json(existing, config)
+            self.code = self._record_code(started)
         except BaseException:
             self.close()
             raise
         self.config = config
+
+    def _record_code(self, started: bool) -> list[str]:
+        """Add this process's code digest to the run's `code.json` and return the digests of every process that has
+        opened the run, oldest first (`unrecorded` for a run started before the record existed)."""
+        from ..provenance import code_digest
+
+        path = self.path / CODE_NAME
+        codes = json.loads(path.read_text()) if path.is_file() else [UNRECORDED] if started else []
+        if code_digest() not in codes:
+            codes.append(code_digest())
+            write_json(path, codes)
+        return codes
 
     def close(self) -> None:
         """Release the directory's lock (also done when the object is garbage-collected or the process ends)."""

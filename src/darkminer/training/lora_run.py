@@ -121,4 +121,4 @@ def save_final_adapter(
     """
     metadata = {"method": method, "base_model": model.name, "concepts": concepts, **(metadata or {})}
     save_lora(model.unet, run.path, metadata=metadata)
-    write_json(run.path / ERASURE_CONFIG_NAME, {**metadata, "config": config, **record})
+    write_json(run.path / ERASURE_CONFIG_NAME, {**metadata, "config": config, **record, "code": run.code})

@@ -717,7 +717,13 @@ class DarkMiner:
         save_lora(model.unet, run.path, metadata=metadata)
         write_json(
             run.path / ERASURE_CONFIG_NAME,
-            {**metadata, "config": dataclasses.asdict(cfg), "loops": len(state["history"]), "stopped": state["done"]},
+            {
+                **metadata,
+                "config": dataclasses.asdict(cfg),
+                "loops": len(state["history"]),
+                "stopped": state["done"],
+                "code": run.code,
+            },
         )
         summary = {
             "loops": len(state["history"]),

@@ -302,6 +302,7 @@ class SalUn:
                 "target_modules": list(modules),
                 "mask_kept": kept,
                 "random_labels": labels_of,
+                "code": run.code,
             },
         )
         return ErasureResult(run.path, run.read_log(), {"steps": cfg.steps, "mask_kept": round(kept, 4)})

@@ -71,6 +71,7 @@ class SLD:
                 "preset": cfg.preset,
                 SAFE_GUIDANCE_KEY: dataclasses.asdict(settings),
                 "config": dataclasses.asdict(cfg),
+                "code": run.code,
             },
         )
         attach_safe_guidance(model, settings)

@@ -192,6 +192,7 @@ class UCE:
                 "LoRA (W - W_old factored by SVD; rank min(out, in) unless max_rank caps it)",
                 "preserved": preserved,
                 "config": dataclasses.asdict(cfg),
+                "code": run.code,
             },
         )
         summary = {
