@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import temp_name, write_json
+from ..provenance import code_digest
 
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
@@ -195,8 +196,6 @@ class RunDirectory:
     def _record_code(self, started: bool) -> list[str]:
         """Add this process's code digest to the run's `code.json` and return the digests of every process that has
         opened the run, oldest first (`unrecorded` for a run started before the record existed)."""
-        from ..provenance import code_digest
-
         path = self.path / CODE_NAME
         codes = json.loads(path.read_text()) if path.is_file() else [UNRECORDED] if started else []
         if code_digest() not in codes:
