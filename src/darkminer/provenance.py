@@ -14,7 +14,10 @@ import functools
 import hashlib
 from pathlib import Path
 
-__all__ = ["code_digest"]
+__all__ = ["UNRECORDED", "code_digest"]
+
+UNRECORDED = "unrecorded"
+"""What stands for the code of work done before darkminer recorded it."""
 
 
 @functools.cache

@@ -12,8 +12,9 @@ from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusion
 from darkminer.methods import ErasureRequest
 from darkminer.methods.sld import SLD, SLDConfig
 from darkminer.models import ModelLoadError, load_model
-from darkminer.models.adapters import ERASURE_CONFIG_NAME, apply_adapter
+from darkminer.models.adapters import ERASURE_CONFIG_NAME, apply_adapter, apply_erasure
 from darkminer.models.safe_guidance import SafeGuidance, attach_safe_guidance, without_safe_guidance
+from darkminer.provenance import UNRECORDED, code_digest
 
 STEPS = 4
 
@@ -97,3 +98,15 @@ def test_apply_adapter_rejects_bad_sld_settings(model, tmp_path):
     (tmp_path / ERASURE_CONFIG_NAME).write_text(json.dumps({"safe_guidance": {"concept": "star"}}))
     with pytest.raises(ModelLoadError, match="SLD settings"):
         apply_adapter(model, tmp_path)
+
+
+def test_an_erasure_names_its_code_and_an_evaluation_reads_it_back(tiny_dir, tmp_path):
+    out = SLD(SLDConfig()).erase(load_model(tiny_dir), ErasureRequest(["star"]), tmp_path / "run").output_dir
+    assert json.loads((out / ERASURE_CONFIG_NAME).read_text())["code"] == [code_digest()]
+    assert apply_erasure(load_model(tiny_dir), out) == {"erasure": [code_digest()]}
+    assert apply_erasure(load_model(tiny_dir), None) == {}
+    # an erasure written before darkminer recorded its code
+    record = json.loads((out / ERASURE_CONFIG_NAME).read_text())
+    del record["code"]
+    (out / ERASURE_CONFIG_NAME).write_text(json.dumps(record))
+    assert apply_erasure(load_model(tiny_dir), out) == {"erasure": [UNRECORDED]}

@@ -28,8 +28,8 @@ from ..methods import get_method, list_methods
 from ..models.adapters import ERASURE_CONFIG_NAME
 from ..models.runtime import ModelSource
 from ..protocols import ProtocolOptions
-from ..provenance import code_digest
-from ..training.checkpoint import UNRECORDED, with_defaults
+from ..provenance import UNRECORDED, code_digest
+from ..training.checkpoint import with_defaults
 from .erase import EraseJob, run_erase
 from .evaluate import EvaluateJob, evaluate, rerun_attacks, table_figures, table_row
 

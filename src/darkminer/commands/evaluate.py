@@ -31,12 +31,12 @@ from ..eval.attacks import attack_config, run_attacks
 from ..eval.report import table_lines
 from ..metrics import clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import image_features, text_features
-from ..models.adapters import apply_adapter
+from ..models.adapters import apply_erasure
 from ..models.runtime import ModelSource
 from ..models.sampling import generate_batched
 from ..protocols import ProtocolOptions
-from ..provenance import code_digest
-from ..training.checkpoint import UNRECORDED, locked_directory
+from ..provenance import UNRECORDED, code_digest
+from ..training.checkpoint import locked_directory
 from ..utils.images import labelled_grid
 from ..worlds import ShapesWorldSuite, world_for
 
@@ -145,7 +145,7 @@ def evaluate(job: EvaluateJob) -> dict:
         raise ConfigError("A ShapesWorld evaluation runs in one process; launch it without torchrun or accelerate.")
     model = job.load()
     # the code of the erasure, as its record names it, then of every process that works on this evaluation
-    code = {"erasure": apply_adapter(model, job.adapter).get("code", [UNRECORDED])} if job.adapter else {}
+    code = apply_erasure(model, job.adapter)
     suite = world_for(model).suite(model, job.concept)  # refuses what it cannot judge, before anything is written
     with locked_directory(job.output_dir) as out:
         (out / "results.json").unlink(missing_ok=True)

@@ -32,11 +32,11 @@ from ..eval.attacks import ATTACK_IMAGES_PER_PROMPT, run_attacks
 from ..eval.report import markdown_lines_to_html
 from ..metrics import clip_score, erasure_figures, fid_from_features
 from ..metrics.clip import encode_images, encode_texts
-from ..models.adapters import apply_adapter
+from ..models.adapters import apply_erasure
 from ..models.runtime import ModelSource
 from ..protocols import build_protocol
 from ..provenance import code_digest
-from ..training.checkpoint import UNRECORDED, locked_directory
+from ..training.checkpoint import locked_directory
 from ..utils.distributed import Workers
 from ..utils.images import labelled_grid, load_image_folder
 
@@ -67,7 +67,7 @@ def evaluate_protocol(job) -> dict:
     if workers.device is not None and job.device == "auto":
         source["device"] = str(workers.device)  # one device per launched process
     model = ModelSource(**source).load()
-    code = {"erasure": apply_adapter(model, job.adapter).get("code", [UNRECORDED])} if job.adapter else {}
+    code = apply_erasure(model, job.adapter)
     if hasattr(protocol.detector, "to"):
         protocol.detector.to(model.device)
     start = time.perf_counter()

@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ..config import write_json
+from ..provenance import UNRECORDED
 from .errors import ModelLoadError
 from .lora import LORA_WEIGHTS_NAME, load_lora
 from .safe_guidance import SafeGuidance, attach_safe_guidance
 from .wrapper import DiffusionModel
 
+if TYPE_CHECKING:
+    from ..training.checkpoint import RunDirectory
+
 ERASURE_CONFIG_NAME = "erasure_config.json"
 SAFE_GUIDANCE_KEY = "safe_guidance"
 """Key of `erasure_config.json` holding SLD's settings (a [`SafeGuidance`]); a run with it has no LoRA file."""
+
+
+def write_erasure_config(run: RunDirectory, record: dict[str, Any]) -> None:
+    """Write `record` as the run's `erasure_config.json`, with the code digests of every process that worked on the
+    run under `code` (`darkminer.provenance`): every method's record names the code that made it."""
+    write_json(run.path / ERASURE_CONFIG_NAME, {**record, "code": run.code})
 
 
 def _same_model(recorded: str, name: str) -> bool:
@@ -60,3 +72,16 @@ def apply_adapter(model: DiffusionModel, directory: str | Path) -> dict:
         )
     load_lora(model, directory)
     return record
+
+
+def apply_erasure(model: DiffusionModel, directory: str | Path | None) -> dict[str, list[str]]:
+    """Apply the erasure in `directory` to `model` (in place) if one is given, and return the code that made it as an
+    evaluation's `results.json` records it: `{"erasure": digests}`, with `UNRECORDED` for an erasure older than the
+    record, or `{}` for the original model.
+
+    Raises:
+        ModelLoadError: as [`apply_adapter`].
+    """
+    if not directory:
+        return {}
+    return {"erasure": apply_adapter(model, directory).get("code", [UNRECORDED])}

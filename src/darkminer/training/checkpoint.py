@@ -25,14 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import temp_name, write_json
-from ..provenance import code_digest
+from ..provenance import UNRECORDED, code_digest
 
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
 LOCK_NAME = ".lock"
 CODE_NAME = "code.json"
-UNRECORDED = "unrecorded"
-"""What stands for the code of work done before darkminer recorded it (`darkminer.provenance`)."""
 MANIFEST_NAME = "checkpoint.json"
 RUNTIME_KEY = "runtime"
 _PREFIX = "checkpoint-"

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import write_json
 from ..models import DiffusionModel, add_lora, disable_lora, load_lora, save_lora
-from ..models.adapters import ERASURE_CONFIG_NAME
+from ..models.adapters import write_erasure_config
 from .checkpoint import RunDirectory, load_tensors, save_tensors
 
 _OPTIMIZER_NAME = "optimizer.pt"
@@ -121,4 +120,4 @@ def save_final_adapter(
     """
     metadata = {"method": method, "base_model": model.name, "concepts": concepts, **(metadata or {})}
     save_lora(model.unet, run.path, metadata=metadata)
-    write_json(run.path / ERASURE_CONFIG_NAME, {**metadata, "config": config, **record, "code": run.code})
+    write_erasure_config(run, {**metadata, "config": config, **record})

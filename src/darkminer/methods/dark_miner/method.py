@@ -55,7 +55,7 @@ from ...models import (
     modules_ending_with,
     save_lora,
 )
-from ...models.adapters import ERASURE_CONFIG_NAME
+from ...models.adapters import write_erasure_config
 from ...models.runtime import peak_memory_mb
 from ...training.checkpoint import LossRecorder, RunDirectory, load_tensors, save_tensors
 from ...utils.images import load_image_folder
@@ -715,14 +715,13 @@ class DarkMiner:
 
         metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
         save_lora(model.unet, run.path, metadata=metadata)
-        write_json(
-            run.path / ERASURE_CONFIG_NAME,
+        write_erasure_config(
+            run,
             {
                 **metadata,
                 "config": dataclasses.asdict(cfg),
                 "loops": len(state["history"]),
                 "stopped": state["done"],
-                "code": run.code,
             },
         )
         summary = {

@@ -40,9 +40,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ...config import ConfigError, write_json
+from ...config import ConfigError
 from ...models import DiffusionModel, add_lora_from_deltas, save_lora
-from ...models.adapters import ERASURE_CONFIG_NAME
+from ...models.adapters import write_erasure_config
 from ...training.checkpoint import RunDirectory, check_finite, load_tensors, save_tensors
 from ...worlds import World
 from ..base import ErasureRequest, ErasureResult
@@ -294,15 +294,14 @@ class SalUn:
         kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
         metadata = {"method": self.name, "base_model": model.name, "concepts": concepts}
         save_lora(model.unet, run.path, metadata=metadata)
-        write_json(
-            run.path / ERASURE_CONFIG_NAME,
+        write_erasure_config(
+            run,
             {
                 **metadata,
                 "config": dataclasses.asdict(cfg),
                 "target_modules": list(modules),
                 "mask_kept": kept,
                 "random_labels": labels_of,
-                "code": run.code,
             },
         )
         return ErasureResult(run.path, run.read_log(), {"steps": cfg.steps, "mask_kept": round(kept, 4)})

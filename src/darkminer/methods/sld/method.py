@@ -19,9 +19,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ...config import write_json
 from ...models import DiffusionModel
-from ...models.adapters import ERASURE_CONFIG_NAME, SAFE_GUIDANCE_KEY
+from ...models.adapters import SAFE_GUIDANCE_KEY, write_erasure_config
 from ...models.safe_guidance import attach_safe_guidance
 from ...training.checkpoint import RunDirectory
 from ..base import ErasureRequest, ErasureResult
@@ -60,8 +59,8 @@ class SLD:
         )
         if not run.read_log():  # a re-run of a finished run changes nothing
             run.log(step=0, preset=cfg.preset, **dataclasses.asdict(settings))
-        write_json(
-            run.path / ERASURE_CONFIG_NAME,
+        write_erasure_config(
+            run,
             {
                 "method": self.name,
                 "base_model": model.name,
@@ -71,7 +70,6 @@ class SLD:
                 "preset": cfg.preset,
                 SAFE_GUIDANCE_KEY: dataclasses.asdict(settings),
                 "config": dataclasses.asdict(cfg),
-                "code": run.code,
             },
         )
         attach_safe_guidance(model, settings)

@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ...config import ConfigError, write_json
+from ...config import ConfigError
 from ...models import DiffusionModel, add_lora_from_deltas, load_lora, save_lora
-from ...models.adapters import ERASURE_CONFIG_NAME
+from ...models.adapters import ERASURE_CONFIG_NAME, write_erasure_config
 from ...models.lora import has_lora
 from ...training.checkpoint import RunDirectory
 from ...worlds import World
@@ -184,15 +184,14 @@ class UCE:
             projections=stats,
         )
         save_lora(model.unet, run.path, metadata=metadata)
-        write_json(
-            run.path / ERASURE_CONFIG_NAME,
+        write_erasure_config(
+            run,
             {
                 **metadata,
                 "form": "closed-form weight edit of the cross-attention to_k/to_v projections, stored as an exact "
                 "LoRA (W - W_old factored by SVD; rank min(out, in) unless max_rank caps it)",
                 "preserved": preserved,
                 "config": dataclasses.asdict(cfg),
-                "code": run.code,
             },
         )
         summary = {
