@@ -3,8 +3,8 @@
 import json
 import re
 
-from darkminer.commands.bench import _code_line
-from darkminer.provenance import code_digest
+from darkminer.commands.bench import _code_line, _finished_line
+from darkminer.provenance import code_digest, utc_now
 from darkminer.training.checkpoint import CODE_NAME, RunDirectory
 
 
@@ -42,3 +42,12 @@ def test_the_bench_says_which_code_computed_its_cells():
         f"Code: cells computed by darkminer digests `{now}` (1), unrecorded + `{now}` (1), unrecorded (1); this "
         f"invocation ran `{now}`."
     )
+
+
+def test_the_bench_says_when_its_cells_were_computed():
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", utc_now())
+    early, late = {"finished": "2026-12-07T09:20:00Z"}, {"finished": "2026-12-07T12:56:03Z"}
+    assert _finished_line([late, early]) == "Finished: 2026-12-07T09:20:00Z to 2026-12-07T12:56:03Z."
+    assert _finished_line([early, early]) == "Finished: 2026-12-07T09:20:00Z."
+    assert _finished_line([early, {}]) == "Finished: 2026-12-07T09:20:00Z (cells that record no time: 1)."
+    assert _finished_line([{}]) == "Finished: no cell records when it was computed."

@@ -6,15 +6,18 @@ not part of it); a table assembled from cells computed on several machines can t
 came from one code. Where it is recorded: each run directory's `code.json` (the digest of every process that opened
 the run), the `code` of the erasure's `erasure_config.json` (the same list) and the `code` of an evaluation's
 `results.json` (`erasure`: its adapter's list; `evaluation`: the digest of every process that worked on it).
+An evaluation's `results.json` also says when it was finished (`finished`, UTC), so that a table says when its cells
+were computed.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["UNRECORDED", "code_digest"]
+__all__ = ["UNRECORDED", "code_digest", "utc_now"]
 
 UNRECORDED = "unrecorded"
 """What stands for the code of work done before darkminer recorded it."""
@@ -34,3 +37,8 @@ def code_digest() -> str:
         digest.update("/".join(parts).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
+
+
+def utc_now() -> str:
+    """The time now in UTC to the second, ISO 8601 (`2026-12-07T12:56:03Z`): when a result was finished."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -189,6 +189,9 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
         "original": {"evaluation": [code_digest()]},
     }
     assert f"Code: every cell was computed by this code (darkminer digest `{code_digest()}`)." in table
+    finished = sorted(json.loads(p.read_text())["finished"] for p in (tmp_path / "runs").rglob("results.json"))
+    span = finished[0] if finished[0] == finished[1] else f"{finished[0]} to {finished[1]}"
+    assert f"Finished: {span}." in table
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
     run_bench(config, "test")
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
@@ -225,9 +228,11 @@ def test_quick_bench_fills_and_reuses_cells(quick_world, tmp_path, monkeypatch):
     run_bench(config, "test")
     after = json.loads(figures.read_text())
     assert after["attacks"]["ring_a_bell"]["config"]["eta"] == 5.5
-    assert {k: v for k, v in after.items() if k not in {"attacks", "seconds", "job"}} == {
-        k: v for k, v in before.items() if k not in {"attacks", "seconds", "job"}
+    recomputed = {"attacks", "seconds", "job", "finished"}
+    assert {k: v for k, v in after.items() if k not in recomputed} == {
+        k: v for k, v in before.items() if k not in recomputed
     }
+    assert after["finished"] >= before["finished"]
     assert not list((tmp_path / "runs").rglob("progress.json"))
 
     # A moved runs directory is the same cells.

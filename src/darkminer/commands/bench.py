@@ -350,7 +350,7 @@ def run_bench(config: BenchConfig, command: str) -> Path:
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; this invocation took {time.perf_counter() - start:.0f} s (finished cells are "
         f"reused). {_seeds_line(config)}  ",
-        f"{_code_line(cells)}  ",
+        f"{_code_line(cells)} {_finished_line(cells)}  ",
         _legend(config),
         "",
     ]
@@ -446,6 +446,16 @@ def _code_line(cells: list[dict]) -> str:
         + ", ".join(f"{digests} ({n})" for digests, n in counts.items())
         + f"; this invocation ran `{now}`."
     )
+
+
+def _finished_line(cells: list[dict]) -> str:
+    """When the table's cells were computed: the span of the times their results record as finished (UTC)."""
+    times = sorted(results["finished"] for results in cells if "finished" in results)
+    untimed = len(cells) - len(times)
+    if not times:
+        return "Finished: no cell records when it was computed."
+    span = times[0] if times[0] == times[-1] else f"{times[0]} to {times[-1]}"
+    return f"Finished: {span}" + (f" (cells that record no time: {untimed})." if untimed else ".")
 
 
 def _legend(config: BenchConfig) -> str:

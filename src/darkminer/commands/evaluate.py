@@ -35,7 +35,7 @@ from ..models.adapters import apply_erasure
 from ..models.runtime import ModelSource
 from ..models.sampling import generate_batched
 from ..protocols import ProtocolOptions
-from ..provenance import UNRECORDED, code_digest
+from ..provenance import UNRECORDED, code_digest, utc_now
 from ..training.checkpoint import locked_directory
 from ..utils.images import labelled_grid
 from ..worlds import ShapesWorldSuite, world_for
@@ -109,7 +109,7 @@ def rerun_attacks(job: EvaluateJob, results: dict, attacks: list[str]) -> None:
     kept = {name: record for name, record in results["attacks"].items() if name not in attacks}
     grids = [(caption, name) for caption, name in _ERASURE_GRIDS if (out / name).is_file()]
     grids += [(f"attack {name}", f"grid_attack_{name}.png") for name in kept]
-    skip = {"job", "runtime", "detector", "attacks", "seconds", "code"}
+    skip = {"job", "runtime", "detector", "attacks", "seconds", "code", "finished"}
     figures = {k: v for k, v in results.items() if k not in skip}
     progress = {
         "job_key": _job_key(job),
@@ -182,6 +182,7 @@ def evaluate(job: EvaluateJob) -> dict:
             "attacks": {name: progress["attacks"][name] for name in job.attacks},
             "seconds": round(time.perf_counter() - start, 1),
             "code": {**code, "evaluation": progress["code"]},
+            "finished": utc_now(),
         }
         _write_report(out, job, results, progress["grids"])
         write_json(out / "results.json", results)

@@ -35,7 +35,7 @@ from ..metrics.clip import encode_images, encode_texts
 from ..models.adapters import apply_erasure
 from ..models.runtime import ModelSource
 from ..protocols import build_protocol
-from ..provenance import code_digest
+from ..provenance import code_digest, utc_now
 from ..training.checkpoint import locked_directory
 from ..utils.distributed import Workers
 from ..utils.images import labelled_grid, load_image_folder
@@ -135,6 +135,7 @@ def evaluate_protocol(job) -> dict:
         ],
         "seconds": round(time.perf_counter() - start, 1),
         "code": {**code, "evaluation": [code_digest()]},  # a killed protocol evaluation starts over
+        "finished": utc_now(),
     }
     if workers.main:
         with locked_directory(job.output_dir) as out:
