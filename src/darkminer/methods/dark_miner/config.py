@@ -16,6 +16,7 @@ _POOL_SOURCES = ("prompt", "concept_prompts")
 _IMAGE_MODELS = ("original", "adapted", "mined")
 _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
+_PRESERVED_ON = ("concept", "anchor")
 _OPTIMIZERS = ("sgd", "adam")
 _SCORES = ("cosine", "projection", "detector")
 _TARGETS = ("all", "cross", "self", "cross_kv", "noxattn", "linear")
@@ -205,6 +206,17 @@ class CircumventConfig:
             "Needs alpha_u > 0; refused with 'unconditional' in preserve."
         },
     )
+    preserve_on: str = field(
+        default="concept",
+        metadata={
+            "help": "A26, not in the paper: the noisy images l_p (Eq. 8) holds its conditions on. 'concept': the x_t "
+            "of Eq. 7, images of the concept (the paper), so that l_p keeps the model able to denoise the concept's "
+            "images under c0, 0*c and -c; 'anchor': images the original draws from the anchor prompts "
+            "(`anchor`, or `pool.prompt` with each of `anchor_concepts`) and `preserve_prompts`, "
+            "`images_per_embedding` each, with their own noise and times, so that l_p holds what the model draws "
+            "without the concept and leaves its ability to denoise the concept's images free to go."
+        },
+    )
     preserve_prompts: list[str] = field(
         default_factory=list,
         metadata={
@@ -310,6 +322,7 @@ class CircumventConfig:
         check_fields(self, "circumvent.")
         _check_choice("circumvent", "optimizer", self.optimizer, _OPTIMIZERS)
         _check_choice("circumvent", "images_from", self.images_from, _IMAGE_MODELS)
+        _check_choice("circumvent", "preserve_on", self.preserve_on, _PRESERVED_ON)
         _check_positive(
             "circumvent",
             steps=self.steps,
@@ -357,6 +370,12 @@ class CircumventConfig:
             raise ValueError(
                 "circumvent.preserve_relative holds each condition relative to the empty prompt, whose prediction "
                 "preserve's 'unconditional' holds too; drop one of them."
+            )
+        if self.preserve_relative and self.preserve_on != "concept":
+            raise ValueError(
+                "circumvent.preserve_relative holds each condition relative to the empty prompt's prediction on the "
+                f"concept's images, and circumvent.preserve_on={self.preserve_on!r} holds them on other images; set "
+                "preserve_on=concept or preserve_relative=false."
             )
         if self.alpha_u > 0 and "unconditional" in self.preserve:
             raise ValueError(

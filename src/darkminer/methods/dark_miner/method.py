@@ -133,10 +133,10 @@ def _lora_parameters(model: DiffusionModel) -> list[torch.nn.Parameter]:
     return [p for n, p in model.unet.named_parameters() if "lora_" in n]
 
 
-def _predict_at(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """The UNet's prediction for every group of `len(x_t)` rows of `cond` at the same noisy latents and times."""
-    groups = len(cond) // len(x_t)
-    return model.predict_noise(x_t.repeat(groups, 1, 1, 1), t.repeat(groups), cond)
+def _predict_rows(model: DiffusionModel, groups: list[tuple[torch.Tensor, torch.Tensor]], cond: torch.Tensor):
+    """The UNet's prediction for `cond`, its rows in groups of `len(x_t)`, each group at its own (x_t, t)."""
+    x_t, t = (torch.cat(parts) for parts in zip(*groups, strict=True))
+    return model.predict_noise(x_t, t, cond)
 
 
 def _latents(model: DiffusionModel, images: torch.Tensor) -> torch.Tensor:
@@ -163,6 +163,7 @@ class DarkMiner:
         self.config = config
         self._world = World()  # the running request's world, and its detectors for verify.score='detector'
         self._detectors: dict = {}
+        self._kept: torch.Tensor | None = None  # A26's images, for preserve_on='anchor'
 
     # ---- helpers on the embedding space (A1) -----------------------------------------------------------------
     def _condition(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
@@ -347,6 +348,30 @@ class DarkMiner:
         (`images_from='mined'` takes the pool images mining used instead, in the loop)."""
         return _latents(model, self._draw_circumvent_images(model, embedding, generator))
 
+    def _anchor_prompts(self) -> list[str]:
+        """The prompts of A26's images: the anchors (`circumvent.anchor`, or `pool.prompt` with each of
+        `circumvent.anchor_concepts`) and `circumvent.preserve_prompts`."""
+        cfg = self.config
+        concepts = cfg.circumvent.anchor_concepts
+        anchors = [fill(cfg.pool.prompt, concept) for concept in concepts] if concepts else cfg.circumvent.anchor
+        return [*anchors, *cfg.circumvent.preserve_prompts]
+
+    @torch.no_grad()
+    def _anchor_latents(self, model: DiffusionModel) -> torch.Tensor:
+        """A26: latents of `circumvent.images_per_embedding` images the original draws from each anchor prompt, from
+        a stream of their own, so that a resumed run draws the same ones."""
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 - 2)
+        with disable_lora(model.unet):
+            images = model.generate(
+                self._anchor_prompts(),
+                num_images_per_prompt=cfg.circumvent.images_per_embedding,
+                generator=generator,
+                num_inference_steps=cfg.generate_steps,
+                guidance_scale=cfg.guidance_scale,
+            )
+        return _latents(model, images).cpu()
+
     @torch.no_grad()
     def _draw_circumvent_images(self, model, embedding, generator) -> torch.Tensor:
         """The images in [0, 1] behind [`_circumvent_images`]."""
@@ -387,6 +412,7 @@ class DarkMiner:
             mined = [e.clone().requires_grad_(True) for e in mined]
             refiner = torch.optim.Adam(mined, lr=cfg.refine_lr)
         current, history = len(pool) - 1, LossRecorder("circumventing", run)
+        b = cfg.batch_size
         for step in tqdm(range(steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
             for group in optimizer.param_groups:
                 group["lr"] = _step_lr(cfg.lr, step, decay_step, cfg.lr_decay)
@@ -401,10 +427,16 @@ class DarkMiner:
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=generator).to(model.device)
             x_t = model.add_noise(x0, noise, t)
+            held_at = (x_t, t)  # the images l_p holds its conditions on: the concept's (the paper), or A26's
+            if self._kept is not None:
+                x0_kept = self._kept[torch.randint(0, len(self._kept), (b,), generator=generator)]
+                x0_kept = x0_kept.to(model.device, model.dtype)
+                noise_kept = torch.randn(x0_kept.shape, generator=generator).to(x0_kept)
+                t_kept = torch.randint(0, model.num_train_timesteps, (b,), generator=generator).to(model.device)
+                held_at = (model.add_noise(x0_kept, noise_kept, t_kept), t_kept)
             if cfg.refine_every and step % cfg.refine_every == 0:
                 conds[pick] = self._refine(model, mined[pick], refiner, x0, noise, t)
             c, zero_c, neg_c = conds[pick]
-            b = cfg.batch_size
             choices = paired[pick]
             if len(choices) == 1:  # no draw: one-anchor runs keep the random stream they always had
                 anchor = choices.expand(b, -1, -1)
@@ -423,28 +455,34 @@ class DarkMiner:
             if held is not None:  # each image draws one of the extra prompts
                 terms["prompts"] = held[torch.randint(0, len(held), (b,), generator=generator)]
                 names.append("prompts")
-            others = [name for name in names if name != "anchor"]
+            # the original's targets: c0 on the x_t of Eq. 7 (l_c's); on the held images, each preserved condition's,
+            # c0's again only where those are other images (A26)
+            others = [name for name in names if name != "anchor" or self._kept is not None]
             relative = ["empty"] if cfg.preserve_relative else []  # A21: the original's eps(x_t|empty) is a target
             frozen = torch.cat([anchor, *(terms[name] for name in [*others, *relative])])
+            frozen_at = [(x_t, t)] + [held_at] * (len(others) + len(relative))
             moved = [c[None].expand(b, -1, -1)] + ([empty.expand(b, -1, -1)] if cfg.alpha_u else [])
             adapted = torch.cat([*moved, *(terms[name] for name in names)])
+            adapted_at = [(x_t, t)] * len(moved) + [held_at] * len(names)
             # one_call: one UNet call, the frozen rows seeing no adapter, so that they are the original's targets; the
             # mask stays on through backward, which recomputes activations under gradient checkpointing.
             rows = torch.arange(len(frozen) + len(adapted), device=frozen.device) >= len(frozen)
             with lora_row_mask(model.unet, rows) if one_call else nullcontext():
                 if one_call:
-                    both = _predict_at(model, x_t, t, torch.cat([frozen, adapted]))
+                    both = _predict_rows(model, frozen_at + adapted_at, torch.cat([frozen, adapted]))
                     target, preds = both[: len(frozen)].detach(), both[len(frozen) :]
                 else:
                     with torch.no_grad(), disable_lora(model.unet):
-                        target = _predict_at(model, x_t, t, frozen)
-                    preds = _predict_at(model, x_t, t, adapted)
-                targets = dict(zip(["anchor", *others, *relative], target.float().split(b), strict=True))
+                        target = _predict_rows(model, frozen_at, frozen)
+                    preds = _predict_rows(model, adapted_at, adapted)
+                l_c_target, *held_targets = target.float().split(b)
+                targets = dict(zip([*others, *relative], held_targets, strict=True))
+                targets.setdefault("anchor", l_c_target)  # the paper: c0 is held on Eq. 7's x_t
                 pred_c, *preserved = preds.float().split(b)
                 pred_u = preserved.pop(0) if cfg.alpha_u else None
-                l_c = F.mse_loss(pred_c, targets["anchor"])
+                l_c = F.mse_loss(pred_c, l_c_target)
                 # A20: l_u pulls the empty prompt's prediction on the same x_t to the same target
-                l_u = F.mse_loss(pred_u, targets["anchor"]) if cfg.alpha_u else pred_c.new_zeros(())
+                l_u = F.mse_loss(pred_u, l_c_target) if cfg.alpha_u else pred_c.new_zeros(())
                 held_terms = []
                 for p, name in zip(preserved, names, strict=True):
                     if relative:  # A21: eps(x_t|u) - eps(x_t|empty) held, whatever the empty prompt's does
@@ -654,6 +692,7 @@ class DarkMiner:
         else:
             start, pool, state = resumed
             run.truncate_log(lambda r: r.get("loop", -1) < start)
+        self._kept = self._anchor_latents(model) if cfg.circumvent.preserve_on == "anchor" else None
         pools, pool_images = {}, {}
         for i, concept in enumerate(concepts):
             pools[concept] = self._image_pool(model, concept, i, run)
