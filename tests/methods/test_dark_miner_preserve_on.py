@@ -69,3 +69,18 @@ def test_a_run_draws_the_anchor_images_and_holds_them(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     losses = [x for r in records if "circumvent" in r for x in r["circumvent"]["l_p"]]
     assert losses and losses[0] < 1e-10 and max(losses) > 0  # the adapters start as the identity
+
+
+def test_the_anchor_images_are_the_originals_and_the_same_on_resume():
+    """A resumed run has its adapters loaded when it draws A26's images: they are the original's, from their own
+    stream, so they equal those of the run before it was killed."""
+    model = tiny_model()
+    miner = DarkMiner(DarkMinerConfig(circumvent=CircumventConfig(preserve_on="anchor", images_per_embedding=2)))
+    first = miner._anchor_latents(model)
+    torch.manual_seed(0)
+    add_lora(model.unet, attention_value_modules(model.unet), rank=4, alpha=4.0)
+    with torch.no_grad():
+        for name, parameter in model.unet.named_parameters():
+            if "lora_" in name:
+                parameter.normal_()
+    torch.testing.assert_close(miner._anchor_latents(model), first, rtol=0, atol=0)

@@ -359,7 +359,8 @@ class DarkMiner:
     @torch.no_grad()
     def _anchor_latents(self, model: DiffusionModel) -> torch.Tensor:
         """A26: latents of `circumvent.images_per_embedding` images the original draws from each anchor prompt, from
-        a stream of their own, so that a resumed run draws the same ones."""
+        a stream of their own, so that a resumed run draws the same ones. The VAE encodes them 64 at a time, as the
+        pool's."""
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 - 2)
         with disable_lora(model.unet):
@@ -370,7 +371,7 @@ class DarkMiner:
                 num_inference_steps=cfg.generate_steps,
                 guidance_scale=cfg.guidance_scale,
             )
-        return _latents(model, images).cpu()
+        return torch.cat([_latents(model, images[i : i + 64]).cpu() for i in range(0, len(images), 64)])
 
     @torch.no_grad()
     def _draw_circumvent_images(self, model, embedding, generator) -> torch.Tensor:
