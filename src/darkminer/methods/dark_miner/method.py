@@ -140,8 +140,10 @@ def _predict_rows(model: DiffusionModel, groups: list[tuple[torch.Tensor, torch.
 
 
 def _latents(model: DiffusionModel, images: torch.Tensor) -> torch.Tensor:
-    """The VAE latents (means) of images in [0, 1], in float32."""
-    return model.encode_images(images * 2 - 1, sample=False).float()
+    """The VAE latents (means) of images in [0, 1], in float32, encoded 64 images at a time."""
+    return torch.cat(
+        [model.encode_images(images[i : i + 64] * 2 - 1, sample=False).float() for i in range(0, len(images), 64)]
+    )
 
 
 def _entries_json(pool: list[MinedEmbedding]) -> str:
@@ -250,9 +252,7 @@ class DarkMiner:
                     ]
                 )
         with torch.no_grad():
-            latents = torch.cat(
-                [model.encode_images(images[i : i + 64] * 2 - 1, sample=False) for i in range(0, len(images), 64)]
-            ).float()
+            latents = _latents(model, images)
         path.parent.mkdir(exist_ok=True)
         save_tensors(path, {"latents": latents, "images": (images * 255).round().to(torch.uint8)})
         return latents
@@ -359,8 +359,7 @@ class DarkMiner:
     @torch.no_grad()
     def _anchor_latents(self, model: DiffusionModel) -> torch.Tensor:
         """A26: latents of `circumvent.images_per_embedding` images the original draws from each anchor prompt, from
-        a stream of their own, so that a resumed run draws the same ones. The VAE encodes them 64 at a time, as the
-        pool's."""
+        a stream of their own, so that a resumed run draws the same ones."""
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 - 2)
         with disable_lora(model.unet):
@@ -371,7 +370,7 @@ class DarkMiner:
                 num_inference_steps=cfg.generate_steps,
                 guidance_scale=cfg.guidance_scale,
             )
-        return torch.cat([_latents(model, images[i : i + 64]).cpu() for i in range(0, len(images), 64)])
+        return _latents(model, images).cpu()
 
     @torch.no_grad()
     def _draw_circumvent_images(self, model, embedding, generator) -> torch.Tensor:
@@ -423,10 +422,10 @@ class DarkMiner:
             elif current > 0 and torch.rand((), generator=generator) >= cfg.current_prob:
                 pick = int(torch.randint(0, current, (), generator=generator))
             entry = pool[pick]
-            rows = torch.randint(0, len(entry.latents), (cfg.batch_size,), generator=generator)
+            rows = torch.randint(0, len(entry.latents), (b,), generator=generator)
             x0 = entry.latents[rows].to(model.device, model.dtype)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
-            t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=generator).to(model.device)
+            t = torch.randint(0, model.num_train_timesteps, (b,), generator=generator).to(model.device)
             x_t = model.add_noise(x0, noise, t)
             held_at = (x_t, t)  # the images l_p holds its conditions on: the concept's (the paper), or A26's
             if self._kept is not None:
