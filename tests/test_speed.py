@@ -7,15 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from darkminer.cli import main
+from darkminer.commands import speed
 from darkminer.commands.speed import SpeedConfig
 from darkminer.config import ConfigError
 
 
 def test_speed_writes_every_stage_with_its_floor(tmp_path: Path, capsys) -> None:
     out = tmp_path / "speed.json"
-    argv = ["speed", "--architecture", "tiny", "--device", "cpu", "--steps", "1", "3", "--repeats", "1"]
+    argv = ["speed", "--architecture", "tiny", "--device", "cpu", "--steps", "1", "4", "--repeats", "2"]
     assert main([*argv, "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["device"] == "cpu" and figures["dtype"] == "float32"
@@ -30,7 +32,7 @@ def test_speed_writes_every_stage_with_its_floor(tmp_path: Path, capsys) -> None
 
 def test_speed_times_each_switch_off_and_on(tmp_path: Path, capsys) -> None:
     out = tmp_path / "speed.json"
-    argv = ["speed", "--architecture", "tiny", "--device", "cpu", "--steps", "1", "2", "--repeats", "1"]
+    argv = ["speed", "--architecture", "tiny", "--device", "cpu", "--steps", "1", "4", "--repeats", "2"]
     assert main([*argv, "--switches", "one_call", "one_batch", "channels_last", "--json", str(out)]) == 0
     switches = json.loads(out.read_text())["switches"]
     assert list(switches) == ["one_call", "one_batch", "channels_last"]
@@ -51,3 +53,11 @@ def test_speed_times_each_switch_off_and_on(tmp_path: Path, capsys) -> None:
 def test_speed_config_is_checked(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         SpeedConfig(**overrides)
+
+
+def test_a_time_per_step_of_zero_or_less_is_refused(monkeypatch) -> None:
+    """On a busy machine the higher step count can time faster; the difference must not become a figure."""
+    times = iter([0.30, 0.20, 0.10, 0.25])  # timed at 1 and 2 steps, then the floor at 1 and 2 steps
+    monkeypatch.setattr(speed, "_seconds", lambda run, device: next(times))
+    with pytest.raises(ConfigError, match="2 steps timed no slower than 1 .*widen --steps or raise --repeats"):
+        speed._per_step_pair(lambda n: None, lambda n: None, (1, 2), torch.device("cpu"), repeats=1)

@@ -85,7 +85,8 @@ def _per_step_pair(timed, floor, steps: tuple[int, int], device: torch.device, r
     """Seconds per step of `timed(n)` and of `floor(n)`, each from its times at two step counts (after a warm-up).
 
     The two are timed in turn, `repeats` times, and the fastest time of each is kept: on a shared machine a slower one
-    was interrupted, and taking turns exposes both to the same conditions.
+    was interrupted, and taking turns exposes both to the same conditions. Raises ConfigError when the higher step
+    count did not take longer, where the difference would give a time per step of zero or less.
     """
     timed(1)
     floor(1)
@@ -96,6 +97,13 @@ def _per_step_pair(timed, floor, steps: tuple[int, int], device: torch.device, r
             for n in (low, high):
                 seconds = _seconds(lambda run=run, n=n: run(n), device)
                 best[name, n] = min(best.get((name, n), seconds), seconds)
+    for name in ("timed", "floor"):
+        if best[name, high] <= best[name, low]:
+            raise ConfigError(
+                f"{high} steps timed no slower than {low} ({best[name, high]:.4f} s against {best[name, low]:.4f} s), "
+                "so no time per step can be read from them: the machine was busy or the steps too few; widen --steps "
+                "or raise --repeats."
+            )
     return tuple((best[name, high] - best[name, low]) / (high - low) for name in ("timed", "floor"))
 
 
