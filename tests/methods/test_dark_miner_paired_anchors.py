@@ -82,3 +82,31 @@ def test_a_resumed_run_reads_back_each_entry_s_template(tmp_path):
     latest = SimpleNamespace(latest=lambda: (1, tmp_path / "checkpoint-1"))
     _, pool, _ = miner._resume(tiny_model(), latest)
     assert len(pool) == 1 and pool[0].template in prompt_templates(miner._world, "star")
+
+
+@pytest.mark.parametrize("draw", ["image", "embedding"])
+def test_anchor_draw_gives_each_embedding_one_c0_or_each_image_its_own(draw):
+    """A27: with 'embedding' the pool's i-th c is pulled to its i-th c0 (here the last of two, 'square') at every
+    step; with 'image' (the default) each image draws one, so both concepts appear as targets."""
+    model = tiny_model()
+    torch.manual_seed(0)
+    add_lora(model.unet, attention_value_modules(model.unet), rank=2, alpha=2.0)
+    miner = _miner(steps=4, batch_size=2, anchor_concepts=["circle", "square"], current_prob=1.0, anchor_draw=draw)
+    pool = [
+        MinedEmbedding(
+            "star", i, model.prompt_token_embeddings("a star photo", 4), torch.randn(3, 4, 8, 8), "a {concept} photo"
+        )
+        for i in range(2)
+    ]
+    targets = model.encode_prompt(["a circle photo", "a square photo"])
+    seen = []
+    predict = model.predict_noise
+    model.predict_noise = lambda x_t, t, cond: seen.extend(cond[:2]) or predict(x_t, t, cond)  # l_c's frozen rows
+    miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 0)
+    drawn = {next(i for i, target in enumerate(targets) if torch.equal(row, target)) for row in seen}
+    assert drawn == ({1} if draw == "embedding" else {0, 1})
+
+
+def test_a_bad_anchor_draw_is_refused():
+    with pytest.raises(ValueError, match="anchor_draw"):
+        CircumventConfig(anchor_draw="loop")

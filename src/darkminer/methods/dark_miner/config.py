@@ -17,6 +17,7 @@ _IMAGE_MODELS = ("original", "adapted", "mined")
 _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _PRESERVED_ON = ("concept", "anchor")
+_ANCHOR_DRAWS = ("image", "embedding")
 _OPTIMIZERS = ("sgd", "adam")
 _SCORES = ("cosine", "projection", "detector")
 _TARGETS = ("all", "cross", "self", "cross_kv", "noxattn", "linear")
@@ -242,6 +243,15 @@ class CircumventConfig:
             "concept. Empty: `anchor` (the paper)."
         },
     )
+    anchor_draw: str = field(
+        default="image",
+        metadata={
+            "help": "A27, not in the paper: where a c has several c0s (`anchor`, or A23's `anchor_concepts`), 'image' "
+            "draws one for each image of a step, so that l_c's optimum for an image is the mean of their "
+            "predictions; 'embedding' gives each c of the pool one of them, the pool's i-th c the i-th c0 (cycling), "
+            "so that each is pulled to one concept's prediction, not to their blend."
+        },
+    )
     images_per_embedding: int = field(
         default=8, metadata={"help": "Images generated from each mined c, the x of Eq. 7-8 (A8)."}
     )
@@ -323,6 +333,7 @@ class CircumventConfig:
         _check_choice("circumvent", "optimizer", self.optimizer, _OPTIMIZERS)
         _check_choice("circumvent", "images_from", self.images_from, _IMAGE_MODELS)
         _check_choice("circumvent", "preserve_on", self.preserve_on, _PRESERVED_ON)
+        _check_choice("circumvent", "anchor_draw", self.anchor_draw, _ANCHOR_DRAWS)
         _check_positive(
             "circumvent",
             steps=self.steps,

@@ -440,6 +440,8 @@ class DarkMiner:
             choices = paired[pick]
             if len(choices) == 1:  # no draw: one-anchor runs keep the random stream they always had
                 anchor = choices.expand(b, -1, -1)
+            elif cfg.anchor_draw == "embedding":  # A27: the pool's i-th c, the i-th c0
+                anchor = choices[pick % len(choices)].expand(b, -1, -1)
             else:  # each image draws its c0
                 anchor = choices[torch.randint(0, len(choices), (b,), generator=generator)]
             # Eq. 7 pulls eps_theta(x_t|c) to the frozen eps_theta'(x_t|c0); Eq. 8 holds eps_theta at each preserved
