@@ -18,14 +18,17 @@ The method (§3.2) repeats three stages until the concept can no longer be mined
    probability 1 - r. With A22, c is verified again after each round of steps and circumvented again while
    s(c) >= tau. With A23, each c's c0 is the prompt c was initialised from, another concept in the concept's place.
    With A24, the concept's own texts enter the pool, and are circumvented, before the first loop; with A25, so do
-   the words the text encoder puts nearest the concept whose images the detector flags.
+   the words the text encoder puts nearest the concept whose images the detector flags. With A26, l_p holds its
+   conditions on images the original draws from the anchor prompts instead of on x_t; with A27, each c of the pool is
+   pulled to one of its c0s instead of each image drawing one.
 
 theta' (the frozen original) is the same UNet with its adapters disabled, not a second copy. Where the paper is
-silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A25: several anchors, tau for another CLIP,
+silent the choices are SPEC §3's (A1-A10) and docs/design.md's (A11-A27: several anchors, tau for another CLIP,
 which model draws x, which conditions l_p holds, the verification score, a detector as judge, mining restarts, c
 refined while circumventing, adapters on the cross-attention keys and values or every Linear layer, the empty prompt
 moved, l_p relative to it, rounds of circumventing until c fails verification, anchors paired with c's initial prompt,
-the concept's texts in the pool from the start, and its neighbour words with them), all fields of [`DarkMinerConfig`].
+the concept's texts in the pool from the start and its neighbour words with them, l_p on the anchor prompts' images,
+one c0 per c), all fields of [`DarkMinerConfig`].
 """
 
 from __future__ import annotations
