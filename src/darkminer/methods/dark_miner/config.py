@@ -249,7 +249,8 @@ class CircumventConfig:
             "help": "A27, not in the paper: where a c has several c0s (`anchor`, or A23's `anchor_concepts`), 'image' "
             "draws one for each image of a step, so that l_c's optimum for an image is the mean of their "
             "predictions; 'embedding' gives each c of the pool one of them, the pool's i-th c the i-th c0 (cycling), "
-            "so that each is pulled to one concept's prediction, not to their blend."
+            "so that each is pulled to one concept's prediction, not to their blend (nearly equal c's pulled to "
+            "different c0s are blended again: docs/design.md A27)."
         },
     )
     images_per_embedding: int = field(
