@@ -7,6 +7,7 @@ import torch
 
 from darkminer.methods.dark_miner import DarkMiner, DarkMinerConfig
 from darkminer.methods.dark_miner.config import CircumventConfig
+from darkminer.methods.dark_miner.method import MinedEmbedding, _latents
 from darkminer.models import add_lora, attention_value_modules, disable_lora
 from darkminer.testing import tiny_model
 
@@ -53,3 +54,79 @@ def test_mined_images_are_the_pool_images_mining_used(tmp_path):
     latents = load_tensors(tmp_path / "checkpoint-1" / "embeddings.safetensors")["0.latents"]
     assert len(latents) == 2
     assert all(any(torch.equal(row, image) for image in pool) for row in latents)
+
+
+def _anchor_miner(**circumvent) -> DarkMiner:
+    config = DarkMinerConfig(circumvent=CircumventConfig(images_per_embedding=2, images_from="anchor", **circumvent))
+    config.generate_steps = 2
+    return DarkMiner(config)
+
+
+def test_anchor_images_are_the_original_s_images_of_each_c0_in_order():
+    """A28: an entry's x are `images_per_embedding` images of each of its c0s, drawn by the original."""
+    model = tiny_model()
+    add_lora(model.unet, attention_value_modules(model.unet), rank=4)
+    with torch.no_grad():  # an adapter that changes the model, which the anchor's images must not see
+        for name, p in model.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5, generator=torch.Generator().manual_seed(1))
+    miner = _anchor_miner(anchor_concepts=["circle", "square"])
+    embedding = model.prompt_token_embeddings("a red star photo", 4)
+    latents = miner._entry_latents(model, embedding, "a red {concept} photo", torch.Generator().manual_seed(0))
+    with disable_lora(model.unet):
+        images = model.generate(
+            ["a red circle photo", "a red square photo"],
+            num_images_per_prompt=2,
+            generator=torch.Generator().manual_seed(0),
+            num_inference_steps=2,
+            guidance_scale=miner.config.guidance_scale,
+        )
+    assert latents.shape[0] == 4
+    torch.testing.assert_close(latents, _latents(model, images))
+
+
+@pytest.mark.parametrize("draw", ["image", "embedding"])
+def test_each_anchor_image_is_pulled_to_the_c0_that_drew_it(draw):
+    """A28: l_c's target for an image of c0 j is c0 j's prediction; with A27's 'embedding' draw every image of the
+    pool's i-th c comes from its i-th c0."""
+    model = tiny_model()
+    torch.manual_seed(0)
+    add_lora(model.unet, attention_value_modules(model.unet), rank=2, alpha=2.0)
+    miner = _anchor_miner(
+        steps=6, batch_size=3, anchor_concepts=["circle", "square"], current_prob=1.0, anchor_draw=draw
+    )
+    blocks = torch.cat([torch.full((2, 4, 8, 8), 1.0), torch.full((2, 4, 8, 8), 2.0)])  # c0 0's images, c0 1's
+    embedding = model.prompt_token_embeddings("a star photo", 4)
+    pool = [MinedEmbedding("star", i, embedding, blocks, "a {concept} photo") for i in range(2)]
+    targets = model.encode_prompt(["a circle photo", "a square photo"])
+    images, conds = [], []
+    add_noise, predict = model.add_noise, model.predict_noise
+    model.add_noise = lambda x0, noise, t: images.append(x0[:, 0, 0, 0]) or add_noise(x0, noise, t)
+    model.predict_noise = lambda x_t, t, cond: conds.append(cond[:3]) or predict(x_t, t, cond)  # l_c's targets
+    miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 1)
+    drawn = [
+        (int(value) - 1, next(i for i, target in enumerate(targets) if torch.equal(row, target)))
+        for step_images, step_conds in zip(images, conds, strict=True)
+        for value, row in zip(step_images, step_conds, strict=True)
+    ]
+    assert all(block == c0 for block, c0 in drawn)
+    assert {block for block, _ in drawn} == ({1} if draw == "embedding" else {0, 1})
+
+
+def test_anchor_images_with_refined_embeddings_are_refused():
+    with pytest.raises(ValueError, match="refine_every"):
+        CircumventConfig(images_from="anchor", refine_every=5)
+
+
+def test_a_run_on_anchor_images_keeps_each_c0_s_images_per_entry(tmp_path):
+    from darkminer.config import load_config
+    from darkminer.methods.base import ErasureRequest
+    from darkminer.testing import TINY_METHOD_OVERRIDES
+    from darkminer.training.checkpoint import load_tensors
+
+    overrides = [*TINY_METHOD_OVERRIDES["dark_miner"], "max_loops=1", "circumvent.images_from=anchor"]
+    DarkMiner(load_config(DarkMinerConfig, None, overrides)).erase(
+        tiny_model(), ErasureRequest(concepts=["star"]), tmp_path
+    )
+    latents = load_tensors(tmp_path / "checkpoint-1" / "embeddings.safetensors")["0.latents"]
+    assert len(latents) == 2 * 2  # two images of each of the two anchors of the tiny overrides

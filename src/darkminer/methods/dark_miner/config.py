@@ -13,7 +13,7 @@ from ...config import check_fields, string_list
 _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
 _POOL_SOURCES = ("prompt", "concept_prompts")
-_IMAGE_MODELS = ("original", "adapted", "mined")
+_IMAGE_MODELS = ("original", "adapted", "mined", "anchor")
 _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _PRESERVED_ON = ("concept", "anchor")
@@ -300,7 +300,12 @@ class CircumventConfig:
         metadata={
             "help": "The x of Eq. 7-8: drawn from c by 'original' (theta', the paper) or by 'adapted' (the model as "
             "mined and verified, whose images from c show the concept), or 'mined': the k pool images c was mined to "
-            "reproduce (images of the concept whichever model c draws it on) (A13)."
+            "reproduce (images of the concept whichever model c draws it on) (A13). 'anchor' (A28, not in the "
+            "paper): `images_per_embedding` images the original draws from each of c's c0s (`anchor`, or A23's "
+            "`anchor_concepts`), each image of a step pulled to the c0 that drew it, as Concept Ablation's "
+            "model-based loss trains on the anchor's images, so that c learns to denoise the anchor's images as c0 "
+            "does at every noise level (on the concept's images c0's own prediction keeps the concept's outline at "
+            "low noise). Costs as many images per c as it has c0s; not with refine_every."
         },
     )
     current_prob: float = field(
@@ -372,6 +377,12 @@ class CircumventConfig:
             raise ValueError(
                 f"circumvent.alpha_c, alpha_p and alpha_u must be >= 0, got {self.alpha_c}, {self.alpha_p}, "
                 f"{self.alpha_u}."
+            )
+        if self.images_from == "anchor" and self.refine_every:
+            raise ValueError(
+                "circumvent.refine_every mines c again on the circumventing step's images, which "
+                "images_from='anchor' makes images of c0, not of the concept; set refine_every=0 or another "
+                "images_from."
             )
         if self.preserve_relative and self.alpha_u <= 0:
             raise ValueError(

@@ -351,6 +351,24 @@ class DarkMiner:
         (`images_from='mined'` takes the pool images mining used instead, in the loop)."""
         return _latents(model, self._draw_circumvent_images(model, embedding, generator))
 
+    @torch.no_grad()
+    def _entry_latents(self, model, embedding, template: str | None, generator) -> torch.Tensor:
+        """Latents of a new pool entry's x of Eq. 7-8: [`_circumvent_images`], or with `images_from='anchor'` (A28)
+        `circumvent.images_per_embedding` images the original draws from each of the entry's c0s, c0 by c0 in the
+        order of [`_c0_prompts`]."""
+        cfg = self.config
+        if cfg.circumvent.images_from != "anchor":
+            return self._circumvent_images(model, embedding, generator)
+        with disable_lora(model.unet):
+            images = model.generate(
+                self._c0_prompts(template),
+                num_images_per_prompt=cfg.circumvent.images_per_embedding,
+                generator=generator,
+                num_inference_steps=cfg.generate_steps,
+                guidance_scale=cfg.guidance_scale,
+            )
+        return _latents(model, images)
+
     def _anchor_prompts(self) -> list[str]:
         """The prompts of A26's images: the anchors (`circumvent.anchor`, or `pool.prompt` with each of
         `circumvent.anchor_concepts`) and `circumvent.preserve_prompts`."""
@@ -415,6 +433,7 @@ class DarkMiner:
             mined = [e.clone().requires_grad_(True) for e in mined]
             refiner = torch.optim.Adam(mined, lr=cfg.refine_lr)
         current, history = len(pool) - 1, LossRecorder("circumventing", run)
+        on_anchors = cfg.images_from == "anchor"
         b = cfg.batch_size
         for step in tqdm(range(steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
             for group in optimizer.param_groups:
@@ -425,7 +444,11 @@ class DarkMiner:
             elif current > 0 and torch.rand((), generator=generator) >= cfg.current_prob:
                 pick = int(torch.randint(0, current, (), generator=generator))
             entry = pool[pick]
+            choices = paired[pick]
             rows = torch.randint(0, len(entry.latents), (b,), generator=generator)
+            if on_anchors and (len(choices) == 1 or cfg.anchor_draw == "embedding"):  # A28: the one c0's images
+                per_anchor = len(entry.latents) // len(choices)
+                rows = rows % per_anchor + (pick % len(choices)) * per_anchor
             x0 = entry.latents[rows].to(model.device, model.dtype)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             t = torch.randint(0, model.num_train_timesteps, (b,), generator=generator).to(model.device)
@@ -440,8 +463,9 @@ class DarkMiner:
             if cfg.refine_every and step % cfg.refine_every == 0:
                 conds[pick] = self._refine(model, mined[pick], refiner, x0, noise, t)
             c, zero_c, neg_c = conds[pick]
-            choices = paired[pick]
-            if len(choices) == 1:  # no draw: one-anchor runs keep the random stream they always had
+            if on_anchors:  # A28: each image is pulled to the c0 that drew it
+                anchor = choices[rows // (len(entry.latents) // len(choices))]
+            elif len(choices) == 1:  # no draw: one-anchor runs keep the random stream they always had
                 anchor = choices.expand(b, -1, -1)
             elif cfg.anchor_draw == "embedding":  # A27: the pool's i-th c, the i-th c0
                 anchor = choices[pick % len(choices)].expand(b, -1, -1)
@@ -518,7 +542,7 @@ class DarkMiner:
             for template in tqdm(templates, desc=f"{concept}: images of its texts", leave=False):
                 embedding = self._text_embedding(model, fill(template, concept))
                 with disable_lora(model.unet):  # the original's images, whatever `images_from` says of mined c
-                    latents = self._circumvent_images(model, embedding.to(model.device), generator)
+                    latents = self._entry_latents(model, embedding.to(model.device), template, generator)
                 entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
             if self.config.circumvent.neighbour_words:
                 neighbours, added[concept] = self._neighbour_entries(model, concept, templates, generator)
@@ -556,7 +580,11 @@ class DarkMiner:
                 images = self._draw_circumvent_images(model, embedding.to(model.device), generator)
             share = float(self._detectors[concept](images).decisions.float().mean())
             if share >= cfg.circumvent.neighbour_share:
-                entries.append(MinedEmbedding(concept, -1, embedding.cpu(), _latents(model, images).cpu(), template))
+                if cfg.circumvent.images_from == "anchor":
+                    latents = self._entry_latents(model, embedding.to(model.device), template, generator)
+                else:
+                    latents = _latents(model, images)
+                entries.append(MinedEmbedding(concept, -1, embedding.cpu(), latents.cpu(), template))
                 shares[fill(template, word)] = share
         return entries, shares
 
@@ -589,10 +617,17 @@ class DarkMiner:
         the concept's place ("a photo of a red {concept}" -> "a photo of a red circle"), so that c is pulled to what
         the same prompt draws with another concept; `anchors` (`circumvent.anchor`) where there are no anchor
         concepts or the template does not name the concept."""
+        prompts = self._c0_prompts(entry.template)
+        return anchors if prompts == self.config.circumvent.anchor else model.encode_prompt(prompts)
+
+    def _c0_prompts(self, template: str | None) -> list[str]:
+        """The c0 prompts of a c initialised from `template`: the template with each of `circumvent.anchor_concepts`
+        in the concept's place (A23), or `circumvent.anchor` where there are none or the template does not name the
+        concept."""
         concepts = self.config.circumvent.anchor_concepts
-        if not concepts or entry.template is None or CONCEPT_MARK not in entry.template:
-            return anchors
-        return model.encode_prompt([fill(entry.template, concept) for concept in concepts])
+        if not concepts or template is None or CONCEPT_MARK not in template:
+            return list(self.config.circumvent.anchor)
+        return [fill(template, concept) for concept in concepts]
 
     def _signed_conditions(self, model: DiffusionModel, embedding: torch.Tensor) -> torch.Tensor:
         """The conditionings of c, 0*c and -c (Eq. 7-8), stacked: (3, max_length, D_cross)."""
@@ -740,7 +775,7 @@ class DarkMiner:
                 if cfg.circumvent.images_from == "mined":  # the k pool images c reproduces
                     latents = pools[concept][picks]
                 else:
-                    latents = self._circumvent_images(model, embedding, generator)
+                    latents = self._entry_latents(model, embedding, template, generator)
                 pool.append(MinedEmbedding(concept, loop, embedding.cpu(), latents.cpu(), template))
                 history, after, reverify_seconds = self._circumvent_rounds(
                     model, pool, generator, run, loop, pool_images[concept], picks
