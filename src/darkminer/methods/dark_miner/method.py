@@ -356,12 +356,18 @@ class DarkMiner:
         """Latents of a new pool entry's x of Eq. 7-8: [`_circumvent_images`], or with `images_from='anchor'` (A28)
         `circumvent.images_per_embedding` images the original draws from each of the entry's c0s, c0 by c0 in the
         order of [`_c0_prompts`]."""
-        cfg = self.config
-        if cfg.circumvent.images_from != "anchor":
+        if self.config.circumvent.images_from != "anchor":
             return self._circumvent_images(model, embedding, generator)
+        return self._original_latents(model, self._c0_prompts(template), generator)
+
+    @torch.no_grad()
+    def _original_latents(self, model, prompts: list[str], generator) -> torch.Tensor:
+        """Latents of `circumvent.images_per_embedding` images the original draws from each of `prompts`, prompt by
+        prompt."""
+        cfg = self.config
         with disable_lora(model.unet):
             images = model.generate(
-                self._c0_prompts(template),
+                prompts,
                 num_images_per_prompt=cfg.circumvent.images_per_embedding,
                 generator=generator,
                 num_inference_steps=cfg.generate_steps,
@@ -381,17 +387,8 @@ class DarkMiner:
     def _anchor_latents(self, model: DiffusionModel) -> torch.Tensor:
         """A26: latents of `circumvent.images_per_embedding` images the original draws from each anchor prompt, from
         a stream of their own, so that a resumed run draws the same ones."""
-        cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 - 2)
-        with disable_lora(model.unet):
-            images = model.generate(
-                self._anchor_prompts(),
-                num_images_per_prompt=cfg.circumvent.images_per_embedding,
-                generator=generator,
-                num_inference_steps=cfg.generate_steps,
-                guidance_scale=cfg.guidance_scale,
-            )
-        return _latents(model, images).cpu()
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 - 2)
+        return self._original_latents(model, self._anchor_prompts(), generator).cpu()
 
     @torch.no_grad()
     def _draw_circumvent_images(self, model, embedding, generator) -> torch.Tensor:
@@ -446,9 +443,10 @@ class DarkMiner:
             entry = pool[pick]
             choices = paired[pick]
             rows = torch.randint(0, len(entry.latents), (b,), generator=generator)
-            if on_anchors and (len(choices) == 1 or cfg.anchor_draw == "embedding"):  # A28: the one c0's images
+            if on_anchors:  # A28: the latents are per_anchor images of each c0 in turn
                 per_anchor = len(entry.latents) // len(choices)
-                rows = rows % per_anchor + (pick % len(choices)) * per_anchor
+                if len(choices) == 1 or cfg.anchor_draw == "embedding":  # the one c0's images
+                    rows = rows % per_anchor + (pick % len(choices)) * per_anchor
             x0 = entry.latents[rows].to(model.device, model.dtype)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             t = torch.randint(0, model.num_train_timesteps, (b,), generator=generator).to(model.device)
@@ -464,7 +462,7 @@ class DarkMiner:
                 conds[pick] = self._refine(model, mined[pick], refiner, x0, noise, t)
             c, zero_c, neg_c = conds[pick]
             if on_anchors:  # A28: each image is pulled to the c0 that drew it
-                anchor = choices[rows // (len(entry.latents) // len(choices))]
+                anchor = choices[rows // per_anchor]
             elif len(choices) == 1:  # no draw: one-anchor runs keep the random stream they always had
                 anchor = choices.expand(b, -1, -1)
             elif cfg.anchor_draw == "embedding":  # A27: the pool's i-th c, the i-th c0
