@@ -130,3 +130,57 @@ def test_a_run_on_anchor_images_keeps_each_c0_s_images_per_entry(tmp_path):
     )
     latents = load_tensors(tmp_path / "checkpoint-1" / "embeddings.safetensors")["0.latents"]
     assert len(latents) == 2 * 2  # two images of each of the two anchors of the tiny overrides
+
+
+def test_both_images_are_c_s_then_each_c0_s():
+    """A28's 'both': the original's images of c, then those of each c0, from one stream in that order."""
+    model = tiny_model()
+    config = DarkMinerConfig(
+        circumvent=CircumventConfig(
+            images_per_embedding=2, images_from="both", batch_size=4, anchor_concepts=["circle", "square"]
+        )
+    )
+    config.generate_steps = 2
+    miner = DarkMiner(config)
+    embedding = model.prompt_token_embeddings("a red star photo", 4)
+    latents = miner._entry_latents(model, embedding, "a red {concept} photo", torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    of_c0 = _anchor_miner(anchor_concepts=["circle", "square"])._entry_latents(
+        model, embedding, "a red {concept} photo", generator
+    )
+    of_c = miner._circumvent_images(model, embedding, generator)
+    assert latents.shape[0] == 2 + 2 * 2
+    torch.testing.assert_close(latents, torch.cat([of_c, of_c0]))
+
+
+@pytest.mark.parametrize("draw", ["image", "embedding"])
+def test_both_puts_half_of_each_batch_on_c_s_images(draw):
+    """A28's 'both': the first half of each batch is c's images, each pulled to a c0 drawn as without A28; the rest
+    c0s' images, each pulled to the c0 that drew it."""
+    model = tiny_model()
+    torch.manual_seed(0)
+    add_lora(model.unet, attention_value_modules(model.unet), rank=2, alpha=2.0)
+    miner = _anchor_miner(
+        steps=8, batch_size=4, anchor_concepts=["circle", "square"], current_prob=1.0, anchor_draw=draw
+    )
+    miner.config.circumvent.images_from = "both"
+    blocks = torch.cat([torch.full((2, 4, 8, 8), float(v)) for v in (0, 1, 2)])  # c's images, c0 0's, c0 1's
+    embedding = model.prompt_token_embeddings("a star photo", 4)
+    pool = [MinedEmbedding("star", i, embedding, blocks, "a {concept} photo") for i in range(2)]
+    targets = model.encode_prompt(["a circle photo", "a square photo"])
+    images, conds = [], []
+    add_noise, predict = model.add_noise, model.predict_noise
+    model.add_noise = lambda x0, noise, t: images.append(x0[:, 0, 0, 0]) or add_noise(x0, noise, t)
+    model.predict_noise = lambda x_t, t, cond: conds.append(cond[:4]) or predict(x_t, t, cond)  # l_c's targets
+    miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 1)
+    for step_images, step_conds in zip(images, conds, strict=True):
+        drawn = [next(i for i, target in enumerate(targets) if torch.equal(row, target)) for row in step_conds]
+        assert step_images[:2].tolist() == [0.0, 0.0]
+        assert [int(v) - 1 for v in step_images[2:]] == drawn[2:]
+        if draw == "embedding":  # the pool's second c, its second c0, for every image
+            assert drawn == [1, 1, 1, 1]
+
+
+def test_both_needs_two_images_per_batch():
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        CircumventConfig(images_from="both", batch_size=1)

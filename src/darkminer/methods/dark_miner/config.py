@@ -13,7 +13,7 @@ from ...config import check_fields, string_list
 _SPACES = ("token", "conditioning")
 _INITS = ("prompt", "random", "concept_prompts")
 _POOL_SOURCES = ("prompt", "concept_prompts")
-_IMAGE_MODELS = ("original", "adapted", "mined", "anchor")
+_IMAGE_MODELS = ("original", "adapted", "mined", "anchor", "both")
 _PRESERVED_TERMS = ("anchor", "zero", "negative", "unconditional")
 _PAPER_PRESERVED_TERMS = ("anchor", "zero", "negative")
 _PRESERVED_ON = ("concept", "anchor")
@@ -305,7 +305,9 @@ class CircumventConfig:
             "`anchor_concepts`), each image of a step pulled to the c0 that drew it, as Concept Ablation's "
             "model-based loss trains on the anchor's images, so that c learns to denoise the anchor's images as c0 "
             "does at every noise level (on the concept's images c0's own prediction keeps the concept's outline at "
-            "low noise). Costs as many images per c as it has c0s; not with refine_every."
+            "low noise). Costs as many images per c as it has c0s; not with refine_every. 'both' (A28, not in the "
+            "paper): the original's images from c followed by 'anchor''s images, half of each step's batch on each, "
+            "the images of c pulled to c0 as in Eq. 7 and those of c0 as with 'anchor'."
         },
     )
     current_prob: float = field(
@@ -378,11 +380,16 @@ class CircumventConfig:
                 f"circumvent.alpha_c, alpha_p and alpha_u must be >= 0, got {self.alpha_c}, {self.alpha_p}, "
                 f"{self.alpha_u}."
             )
-        if self.images_from == "anchor" and self.refine_every:
+        if self.images_from == "both" and self.batch_size < 2:
+            raise ValueError(
+                "circumvent.images_from='both' puts half of each batch on c's images and half on c0's; set "
+                f"circumvent.batch_size >= 2 (got {self.batch_size})."
+            )
+        if self.images_from in ("anchor", "both") and self.refine_every:
             raise ValueError(
                 "circumvent.refine_every mines c again on the circumventing step's images, which "
-                "images_from='anchor' makes images of c0, not of the concept; set refine_every=0 or another "
-                "images_from."
+                f"images_from={self.images_from!r} makes (partly) images of c0, not of the concept; set "
+                "refine_every=0 or images_from 'original', 'adapted' or 'mined'."
             )
         if self.preserve_relative and self.alpha_u <= 0:
             raise ValueError(

@@ -355,10 +355,14 @@ class DarkMiner:
     def _entry_latents(self, model, embedding, template: str | None, generator) -> torch.Tensor:
         """Latents of a new pool entry's x of Eq. 7-8: [`_circumvent_images`], or with `images_from='anchor'` (A28)
         `circumvent.images_per_embedding` images the original draws from each of the entry's c0s, c0 by c0 in the
-        order of [`_c0_prompts`]."""
-        if self.config.circumvent.images_from != "anchor":
+        order of [`_c0_prompts`]; with `images_from='both'` the first followed by the second."""
+        images_from = self.config.circumvent.images_from
+        if images_from not in ("anchor", "both"):
             return self._circumvent_images(model, embedding, generator)
-        return self._original_latents(model, self._c0_prompts(template), generator)
+        of_c0 = self._original_latents(model, self._c0_prompts(template), generator)
+        if images_from == "anchor":
+            return of_c0
+        return torch.cat([self._circumvent_images(model, embedding, generator), of_c0])
 
     @torch.no_grad()
     def _original_latents(self, model, prompts: list[str], generator) -> torch.Tensor:
@@ -394,7 +398,8 @@ class DarkMiner:
     def _draw_circumvent_images(self, model, embedding, generator) -> torch.Tensor:
         """The images in [0, 1] behind [`_circumvent_images`]."""
         cfg = self.config
-        adapters_off = disable_lora(model.unet) if cfg.circumvent.images_from == "original" else nullcontext()
+        frozen = cfg.circumvent.images_from in ("original", "both")
+        adapters_off = disable_lora(model.unet) if frozen else nullcontext()
         with adapters_off:
             return model.generate(
                 cond=self._condition(model, embedding),
@@ -430,8 +435,11 @@ class DarkMiner:
             mined = [e.clone().requires_grad_(True) for e in mined]
             refiner = torch.optim.Adam(mined, lr=cfg.refine_lr)
         current, history = len(pool) - 1, LossRecorder("circumventing", run)
-        on_anchors = cfg.images_from == "anchor"
         b = cfg.batch_size
+        on_anchors = cfg.images_from in ("anchor", "both")
+        # A28's 'both': the entry's first `own` latents are the original's images of c, and the first half of each
+        # batch is drawn from them
+        own, half = (cfg.images_per_embedding, b // 2) if cfg.images_from == "both" else (0, 0)
         for step in tqdm(range(steps), desc=f"loop {loop} circumventing", leave=False, mininterval=2):
             for group in optimizer.param_groups:
                 group["lr"] = _step_lr(cfg.lr, step, decay_step, cfg.lr_decay)
@@ -443,10 +451,16 @@ class DarkMiner:
             entry = pool[pick]
             choices = paired[pick]
             rows = torch.randint(0, len(entry.latents), (b,), generator=generator)
-            if on_anchors:  # A28: the latents are per_anchor images of each c0 in turn
-                per_anchor = len(entry.latents) // len(choices)
+            if on_anchors:  # A28: after the `own` images of c, the latents are per_anchor images of each c0 in turn
+                per_anchor = (len(entry.latents) - own) // len(choices)
+                rows = own + (rows - own) % (len(entry.latents) - own)
                 if len(choices) == 1 or cfg.anchor_draw == "embedding":  # the one c0's images
-                    rows = rows % per_anchor + (pick % len(choices)) * per_anchor
+                    rows = own + (rows - own) % per_anchor + (pick % len(choices)) * per_anchor
+                drawn_by = (rows - own) // per_anchor  # the c0 each image is pulled to
+                if half:  # 'both': the first half on c's images, each pulled to its c0 as when not on anchors
+                    rows[:half] = rows[:half] % own
+                    if len(choices) > 1 and cfg.anchor_draw != "embedding":
+                        drawn_by[:half] = torch.randint(0, len(choices), (half,), generator=generator)
             x0 = entry.latents[rows].to(model.device, model.dtype)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             t = torch.randint(0, model.num_train_timesteps, (b,), generator=generator).to(model.device)
@@ -462,7 +476,7 @@ class DarkMiner:
                 conds[pick] = self._refine(model, mined[pick], refiner, x0, noise, t)
             c, zero_c, neg_c = conds[pick]
             if on_anchors:  # A28: each image is pulled to the c0 that drew it
-                anchor = choices[rows // per_anchor]
+                anchor = choices[drawn_by]
             elif len(choices) == 1:  # no draw: one-anchor runs keep the random stream they always had
                 anchor = choices.expand(b, -1, -1)
             elif cfg.anchor_draw == "embedding":  # A27: the pool's i-th c, the i-th c0
@@ -578,7 +592,7 @@ class DarkMiner:
                 images = self._draw_circumvent_images(model, embedding.to(model.device), generator)
             share = float(self._detectors[concept](images).decisions.float().mean())
             if share >= cfg.circumvent.neighbour_share:
-                if cfg.circumvent.images_from == "anchor":
+                if cfg.circumvent.images_from in ("anchor", "both"):
                     latents = self._entry_latents(model, embedding.to(model.device), template, generator)
                 else:
                     latents = _latents(model, images)
