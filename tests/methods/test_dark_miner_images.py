@@ -85,30 +85,38 @@ def test_anchor_images_are_the_original_s_images_of_each_c0_in_order():
     torch.testing.assert_close(latents, _latents(model, images))
 
 
+def _steps_of(miner: DarkMiner, values: tuple[int, ...]) -> list[tuple[list[float], list[int]]]:
+    """Circumvents a two-entry pool of 'a star photo' on anchors circle and square, each entry's latents blocks of 2
+    images filled with `values` in turn; returns, per step, the value of each image drawn and the index of the c0 its
+    l_c target is (0 circle, 1 square)."""
+    model = tiny_model()
+    torch.manual_seed(0)
+    add_lora(model.unet, attention_value_modules(model.unet), rank=2, alpha=2.0)
+    blocks = torch.cat([torch.full((2, 4, 8, 8), float(v)) for v in values])
+    embedding = model.prompt_token_embeddings("a star photo", 4)
+    pool = [MinedEmbedding("star", i, embedding, blocks, "a {concept} photo") for i in range(2)]
+    targets = model.encode_prompt(["a circle photo", "a square photo"])
+    b = miner.config.circumvent.batch_size
+    images, conds = [], []
+    add_noise, predict = model.add_noise, model.predict_noise
+    model.add_noise = lambda x0, noise, t: images.append(x0[:, 0, 0, 0]) or add_noise(x0, noise, t)
+    model.predict_noise = lambda x_t, t, cond: conds.append(cond[:b]) or predict(x_t, t, cond)  # l_c's targets
+    miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 1)
+    return [
+        (step_images.tolist(), [next(i for i, c0 in enumerate(targets) if torch.equal(row, c0)) for row in step_conds])
+        for step_images, step_conds in zip(images, conds, strict=True)
+    ]
+
+
 @pytest.mark.parametrize("draw", ["image", "embedding"])
 def test_each_anchor_image_is_pulled_to_the_c0_that_drew_it(draw):
     """A28: l_c's target for an image of c0 j is c0 j's prediction; with A27's 'embedding' draw every image of the
     pool's i-th c comes from its i-th c0."""
-    model = tiny_model()
-    torch.manual_seed(0)
-    add_lora(model.unet, attention_value_modules(model.unet), rank=2, alpha=2.0)
     miner = _anchor_miner(
         steps=6, batch_size=3, anchor_concepts=["circle", "square"], current_prob=1.0, anchor_draw=draw
     )
-    blocks = torch.cat([torch.full((2, 4, 8, 8), 1.0), torch.full((2, 4, 8, 8), 2.0)])  # c0 0's images, c0 1's
-    embedding = model.prompt_token_embeddings("a star photo", 4)
-    pool = [MinedEmbedding("star", i, embedding, blocks, "a {concept} photo") for i in range(2)]
-    targets = model.encode_prompt(["a circle photo", "a square photo"])
-    images, conds = [], []
-    add_noise, predict = model.add_noise, model.predict_noise
-    model.add_noise = lambda x0, noise, t: images.append(x0[:, 0, 0, 0]) or add_noise(x0, noise, t)
-    model.predict_noise = lambda x_t, t, cond: conds.append(cond[:3]) or predict(x_t, t, cond)  # l_c's targets
-    miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 1)
-    drawn = [
-        (int(value) - 1, next(i for i, target in enumerate(targets) if torch.equal(row, target)))
-        for step_images, step_conds in zip(images, conds, strict=True)
-        for value, row in zip(step_images, step_conds, strict=True)
-    ]
+    steps = _steps_of(miner, (1, 2))  # c0 0's images, c0 1's
+    drawn = [(int(value) - 1, c0) for values, c0s in steps for value, c0 in zip(values, c0s, strict=True)]
     assert all(block == c0 for block, c0 in drawn)
     assert {block for block, _ in drawn} == ({1} if draw == "embedding" else {0, 1})
 
@@ -157,25 +165,12 @@ def test_both_images_are_c_s_then_each_c0_s():
 def test_both_puts_half_of_each_batch_on_c_s_images(draw):
     """A28's 'both': the first half of each batch is c's images, each pulled to a c0 drawn as without A28; the rest
     c0s' images, each pulled to the c0 that drew it."""
-    model = tiny_model()
-    torch.manual_seed(0)
-    add_lora(model.unet, attention_value_modules(model.unet), rank=2, alpha=2.0)
     miner = _anchor_miner(
         steps=8, batch_size=4, anchor_concepts=["circle", "square"], current_prob=1.0, anchor_draw=draw
     )
     miner.config.circumvent.images_from = "both"
-    blocks = torch.cat([torch.full((2, 4, 8, 8), float(v)) for v in (0, 1, 2)])  # c's images, c0 0's, c0 1's
-    embedding = model.prompt_token_embeddings("a star photo", 4)
-    pool = [MinedEmbedding("star", i, embedding, blocks, "a {concept} photo") for i in range(2)]
-    targets = model.encode_prompt(["a circle photo", "a square photo"])
-    images, conds = [], []
-    add_noise, predict = model.add_noise, model.predict_noise
-    model.add_noise = lambda x0, noise, t: images.append(x0[:, 0, 0, 0]) or add_noise(x0, noise, t)
-    model.predict_noise = lambda x_t, t, cond: conds.append(cond[:4]) or predict(x_t, t, cond)  # l_c's targets
-    miner._circumvent(model, pool, torch.Generator().manual_seed(0), None, 1)
-    for step_images, step_conds in zip(images, conds, strict=True):
-        drawn = [next(i for i, target in enumerate(targets) if torch.equal(row, target)) for row in step_conds]
-        assert step_images[:2].tolist() == [0.0, 0.0]
+    for step_images, drawn in _steps_of(miner, (0, 1, 2)):  # c's images, c0 0's, c0 1's
+        assert step_images[:2] == [0.0, 0.0]
         assert [int(v) - 1 for v in step_images[2:]] == drawn[2:]
         if draw == "embedding":  # the pool's second c, its second c0, for every image
             assert drawn == [1, 1, 1, 1]
